@@ -1,0 +1,222 @@
+//! Versioned domain events.
+//!
+//! Every event carries an [`EventMeta`]: a UUIDv7 message id made when the event is
+//! written (never a database sequence, so ids stay unique across replicas and replays),
+//! the time it happened, and its aggregate's id and version so a reader can ignore an
+//! event older than the state it already holds (deliveries can be reordered by retries).
+//!
+//! Compatibility rule: within a version a producer may only add optional fields
+//! (`#[serde(default)]`); anything else is a new version (`…V2`, on a `v2` subject),
+//! published beside the old one until every consumer has moved. The golden files in
+//! `tests/golden/` hold the encoded bytes of every v1 event and must keep decoding.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::rpc::Role;
+use crate::subjects;
+
+/// Identity, time and ordering of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// UUIDv7, also the `Nats-Msg-Id` the outbox relay publishes with.
+    pub message_id: Uuid,
+    pub occurred_at: Timestamp,
+    pub aggregate_id: Uuid,
+    /// Increases by one with every change of the aggregate.
+    pub aggregate_version: u64,
+}
+
+impl EventMeta {
+    /// New metadata with a fresh UUIDv7 and the current time.
+    pub fn new(aggregate_id: Uuid, aggregate_version: u64) -> Self {
+        EventMeta {
+            message_id: Uuid::now_v7(),
+            occurred_at: Timestamp::now(),
+            aggregate_id,
+            aggregate_version,
+        }
+    }
+}
+
+/// A domain event type: its contract name, schema version and subject.
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Contract type name, e.g. `calendar.rsvp_changed`.
+    const TYPE: &'static str;
+    /// Schema version of this type.
+    const VERSION: u32;
+    /// Subject it is published on.
+    const SUBJECT: &'static str;
+
+    fn meta(&self) -> &EventMeta;
+}
+
+macro_rules! domain_event {
+    ($ty:ty, $name:literal, $version:literal, $subject:expr) => {
+        impl DomainEvent for $ty {
+            const TYPE: &'static str = $name;
+            const VERSION: u32 = $version;
+            const SUBJECT: &'static str = $subject;
+            fn meta(&self) -> &EventMeta {
+                &self.meta
+            }
+        }
+    };
+}
+
+/// A new account. Aggregate: the user (version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRegisteredV1 {
+    pub meta: EventMeta,
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+}
+domain_event!(
+    UserRegisteredV1,
+    "auth.user_registered",
+    1,
+    subjects::auth::USER_REGISTERED_V1
+);
+
+/// Lifecycle state of a calendar event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    Scheduled,
+    Cancelled,
+}
+
+/// An attendee's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RsvpStatus {
+    Going,
+    Maybe,
+    Declined,
+}
+
+impl RsvpStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RsvpStatus::Going => "going",
+            RsvpStatus::Maybe => "maybe",
+            RsvpStatus::Declined => "declined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RsvpStatus> {
+        match s {
+            "going" => Some(RsvpStatus::Going),
+            "maybe" => Some(RsvpStatus::Maybe),
+            "declined" => Some(RsvpStatus::Declined),
+            _ => None,
+        }
+    }
+}
+
+/// RSVP counts of an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RsvpCounts {
+    pub going: u32,
+    pub maybe: u32,
+    pub declined: u32,
+}
+
+/// The state of a calendar event as of one of its domain events: everything a
+/// subscriber needs to render a mail or notification without asking calendar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSnapshot {
+    pub event_id: Uuid,
+    pub organizer_id: Uuid,
+    pub title: String,
+    pub description: String,
+    /// UTC instant; render it in `time_zone`.
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    pub time_zone: String,
+    pub location: String,
+    pub capacity: u32,
+    pub status: EventStatus,
+    pub counts: RsvpCounts,
+}
+
+/// A new event. Aggregate: the event (version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCreatedV1 {
+    pub meta: EventMeta,
+    pub event: EventSnapshot,
+}
+domain_event!(
+    EventCreatedV1,
+    "calendar.event_created",
+    1,
+    subjects::calendar::EVENT_CREATED_V1
+);
+
+/// An edit of an event by its organizer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventUpdatedV1 {
+    pub meta: EventMeta,
+    pub event: EventSnapshot,
+    /// True when `starts_at` or `ends_at` changed (attendees are told).
+    pub time_changed: bool,
+    /// Names of the fields that changed, e.g. `["title", "capacity"]`.
+    pub changed_fields: Vec<String>,
+}
+domain_event!(
+    EventUpdatedV1,
+    "calendar.event_updated",
+    1,
+    subjects::calendar::EVENT_UPDATED_V1
+);
+
+/// An event cancelled by its organizer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCancelledV1 {
+    pub meta: EventMeta,
+    pub event: EventSnapshot,
+}
+domain_event!(
+    EventCancelledV1,
+    "calendar.event_cancelled",
+    1,
+    subjects::calendar::EVENT_CANCELLED_V1
+);
+
+/// A new or changed RSVP. Aggregate: the event (every RSVP bumps its version, since it
+/// changes the event's counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RsvpChangedV1 {
+    pub meta: EventMeta,
+    pub event: EventSnapshot,
+    pub attendee_id: Uuid,
+    /// `None` for a first RSVP.
+    pub previous_status: Option<RsvpStatus>,
+    pub status: RsvpStatus,
+}
+domain_event!(
+    RsvpChangedV1,
+    "calendar.rsvp_changed",
+    1,
+    subjects::calendar::RSVP_CHANGED_V1
+);
+
+/// Headers every published event carries besides the trace context.
+pub fn event_headers<E: DomainEvent>(event: &E) -> Vec<(&'static str, String)> {
+    use crate::subjects::headers::*;
+    let meta = event.meta();
+    vec![
+        (NATS_MSG_ID, meta.message_id.to_string()),
+        (MESSAGE_ID, meta.message_id.to_string()),
+        (MESSAGE_TYPE, E::TYPE.to_owned()),
+        (SCHEMA_VERSION, E::VERSION.to_string()),
+        (AGGREGATE_ID, meta.aggregate_id.to_string()),
+        (AGGREGATE_VERSION, meta.aggregate_version.to_string()),
+        (CONTENT_TYPE, crate::wire::CONTENT_TYPE.to_owned()),
+    ]
+}

@@ -1,0 +1,116 @@
+//! NATS connection and JetStream provisioning.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use contracts::subjects::StreamSpec;
+
+use crate::config::CommonConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot provision stream {name}: {source}")]
+    Stream {
+        name: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("cannot provision key-value bucket {name}: {source}")]
+    Bucket {
+        name: String,
+        #[source]
+        source: jetstream::context::CreateKeyValueError,
+    },
+}
+
+/// Connects with the service's name, retrying the first connect in the background so a
+/// service can start (and serve `/healthz`) while NATS is still down; requests and
+/// publishes wait for the connection.
+pub async fn connect(config: &CommonConfig, service: &str) -> Result<async_nats::Client, NatsError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("mesh-{service}"))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        });
+    if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    options
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })
+}
+
+/// True while the client holds a live connection.
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// The JetStream configuration of a mesh stream: file storage, limits retention (so it
+/// can be browsed and replayed), and an explicit duplicate window for outbox dedupe.
+pub fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.to_owned(),
+        description: Some(spec.description.to_owned()),
+        subjects: spec.subjects.iter().map(|s| (*s).to_owned()).collect(),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: Duration::from_secs(spec.max_age_secs),
+        duplicate_window: Duration::from_secs(spec.duplicate_window_secs),
+        ..Default::default()
+    }
+}
+
+/// Creates or updates the given streams; safe to run at every start and from several
+/// replicas at once.
+pub async fn provision_streams(
+    js: &jetstream::Context,
+    specs: &[StreamSpec],
+) -> Result<(), NatsError> {
+    for spec in specs {
+        js.create_or_update_stream(stream_config(spec))
+            .await
+            .map_err(|source| NatsError::Stream {
+                name: spec.name.to_owned(),
+                source,
+            })?;
+        tracing::debug!(stream = spec.name, "stream provisioned");
+    }
+    Ok(())
+}
+
+/// Creates (or updates) a key-value bucket whose entries expire after `ttl`.
+pub async fn provision_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    ttl: Duration,
+) -> Result<jetstream::kv::Store, NatsError> {
+    js.create_or_update_key_value(jetstream::kv::Config {
+        bucket: name.to_owned(),
+        max_age: ttl,
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| NatsError::Bucket {
+        name: name.to_owned(),
+        source,
+    })
+}

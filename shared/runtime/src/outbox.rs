@@ -1,0 +1,246 @@
+//! The transactional outbox and its relay.
+//!
+//! A service writes its domain rows and the domain event in ONE transaction
+//! ([`enqueue`]); the [`Relay`] publishes unpublished rows to JetStream with
+//! `Nats-Msg-Id` = the event's message id and marks them published only after the
+//! server acknowledged them. A crash between publish and mark re-publishes the row,
+//! which the stream drops as a duplicate inside its duplicate window; a NATS outage
+//! only delays publishing. Nothing committed is lost, nothing is stored twice.
+//!
+//! Every service that uses it has this table in its migrations (SQLite types shown;
+//! PostgreSQL uses BIGSERIAL and BYTEA):
+//!
+//! ```sql
+//! CREATE TABLE outbox (
+//!     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+//!     message_id   TEXT NOT NULL UNIQUE,
+//!     subject      TEXT NOT NULL,
+//!     headers      TEXT NOT NULL,   -- JSON list of [name, value] pairs
+//!     payload      BLOB NOT NULL,
+//!     created_at   BIGINT NOT NULL, -- µs since epoch
+//!     published_at BIGINT           -- NULL until the stream acknowledged it
+//! );
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use contracts::DomainEvent;
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Database, to_micros};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("cannot encode event: {0}")]
+    Encode(#[from] contracts::wire::WireError),
+    #[error("outbox database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot publish to JetStream: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+}
+
+/// Adds `event` to the outbox inside the caller's transaction. The current trace
+/// context is stored with it, so the relay's publish continues the request's trace.
+pub async fn enqueue<E: DomainEvent>(
+    tx: &mut Transaction<'static, Any>,
+    event: &E,
+) -> Result<(), OutboxError> {
+    let payload = contracts::wire::encode(event)?;
+    let mut headers: Vec<(String, String)> = contracts::events::event_headers(event)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    headers.extend(crate::trace::current_context_pairs());
+    let headers = serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into());
+    sqlx::query(
+        "INSERT INTO outbox (message_id, subject, headers, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event.meta().message_id.to_string())
+    .bind(E::SUBJECT)
+    .bind(headers)
+    .bind(payload)
+    .bind(to_micros(jiff::Timestamp::now()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Wakes the relay right after a commit, so events do not wait for the next poll.
+#[derive(Clone, Debug, Default)]
+pub struct RelayWaker(Arc<Notify>);
+
+impl RelayWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Settings of the relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows published per round (and acks in flight).
+    pub batch: i64,
+    /// How often to look for rows when nobody woke the relay (rows left by a crash).
+    pub idle_poll: Duration,
+    /// Published rows older than this are deleted.
+    pub keep_published: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 512,
+            idle_poll: Duration::from_millis(500),
+            keep_published: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Publishes outbox rows to JetStream.
+pub struct Relay {
+    db: Database,
+    js: jetstream::Context,
+    waker: RelayWaker,
+    config: RelayConfig,
+}
+
+impl Relay {
+    pub fn new(db: Database, js: jetstream::Context, waker: RelayWaker, config: RelayConfig) -> Self {
+        Relay {
+            db,
+            js,
+            waker,
+            config,
+        }
+    }
+
+    /// Runs until `cancel`; a round in progress finishes first.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        let mut rounds = 0u64;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            match self.publish_pending().await {
+                Ok(n) => {
+                    if failures > 0 {
+                        tracing::info!("outbox relay recovered");
+                    }
+                    failures = 0;
+                    if n as i64 >= self.config.batch {
+                        continue; // more rows are waiting
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(5)));
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay round failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {},
+                    }
+                    continue;
+                }
+            }
+            rounds += 1;
+            if rounds % 1000 == 0 {
+                self.delete_old().await;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.waker.0.notified() => {},
+                _ = tokio::time::sleep(self.config.idle_poll) => {},
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Publishes one batch of unpublished rows in commit order and marks them; returns
+    /// how many were published.
+    pub async fn publish_pending(&self) -> Result<usize, OutboxError> {
+        let rows = sqlx::query(
+            "SELECT seq, subject, headers, payload FROM outbox \
+             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(self.config.batch)
+        .fetch_all(&self.db.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut acks = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq")?;
+            let subject: String = row.try_get("subject")?;
+            let headers_json: String = row.try_get("headers")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let pairs: Vec<(String, String)> =
+                serde_json::from_str(&headers_json).unwrap_or_default();
+            let mut headers = async_nats::HeaderMap::new();
+            for (k, v) in &pairs {
+                headers.insert(k.as_str(), v.as_str());
+            }
+            // Publishes are pipelined: all are sent, then all acks awaited.
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload.into())
+                .await?;
+            acks.push(ack);
+            seqs.push(seq);
+        }
+        for ack in acks {
+            let ack = ack.await?;
+            if ack.duplicate {
+                tracing::debug!(stream = %ack.stream, "outbox row was already in the stream");
+            }
+        }
+        self.mark_published(&seqs).await?;
+        tracing::debug!(count = seqs.len(), "outbox rows published");
+        Ok(seqs.len())
+    }
+
+    async fn mark_published(&self, seqs: &[i64]) -> Result<(), OutboxError> {
+        let now = to_micros(jiff::Timestamp::now());
+        for chunk in seqs.chunks(200) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for seq in chunk {
+                q = q.bind(*seq);
+            }
+            q.execute(&self.db.pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_old(&self) {
+        let cutoff = jiff::Timestamp::now()
+            .as_microsecond()
+            .saturating_sub(self.config.keep_published.as_micros() as i64);
+        if let Err(e) = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+            .bind(cutoff)
+            .execute(&self.db.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot delete old outbox rows");
+        }
+    }
+}
+
+/// Rows not yet published (the relay's backlog).
+pub async fn backlog(db: &Database) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("n")
+}
