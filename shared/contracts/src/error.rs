@@ -71,7 +71,11 @@ impl ErrorCode {
             Forbidden => 403,
             NotFound | RouteNotFound => 404,
             MethodNotAllowed => 405,
-            EmailTaken | EventFull | EventCancelled | EventPast | CapacityBelowGoing
+            EmailTaken
+            | EventFull
+            | EventCancelled
+            | EventPast
+            | CapacityBelowGoing
             | IdempotencyKeyInFlight => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,

@@ -162,7 +162,11 @@ mod tests {
     fn every_event_subject_lands_in_its_own_stream() {
         for s in EVENT_SUBJECTS {
             let stream = captured_by_stream(s).expect("event subject outside every stream");
-            assert!(s.starts_with(&stream.name.to_lowercase()), "{s} in {}", stream.name);
+            assert!(
+                s.starts_with(&stream.name.to_lowercase()),
+                "{s} in {}",
+                stream.name
+            );
         }
     }
 

@@ -80,7 +80,10 @@ where
     let committed = std::fs::read(&path).expect("read golden file");
     let decoded: T = wire::decode(&committed)
         .unwrap_or_else(|e| panic!("{name}: committed bytes no longer decode: {e}"));
-    assert_eq!(&decoded, value, "{name}: committed bytes decode to another value");
+    assert_eq!(
+        &decoded, value,
+        "{name}: committed bytes decode to another value"
+    );
     assert_eq!(
         encoded, committed,
         "{name}: encoding changed; adding an optional field needs a new golden file name, \
@@ -92,7 +95,10 @@ fn check_event<E>(name: &str, event: &E)
 where
     E: DomainEvent + PartialEq + std::fmt::Debug,
 {
-    assert!(E::SUBJECT.contains(&format!(".v{}.", E::VERSION)), "{name}: subject carries the version");
+    assert!(
+        E::SUBJECT.contains(&format!(".v{}.", E::VERSION)),
+        "{name}: subject carries the version"
+    );
     check(name, event);
 }
 

@@ -31,11 +31,14 @@ where
 {
     match var(name) {
         None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-            name: name.to_owned(),
-            value,
-            reason: e.to_string(),
-        }),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                name: name.to_owned(),
+                value,
+                reason: e.to_string(),
+            }),
     }
 }
 

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::Database;
 
-type CheckFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type CheckFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// The readiness checks of one service.
 #[derive(Clone)]
@@ -114,7 +115,11 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, Json<Health>) {
 }
 
 /// Serves `router` on `listener` until `cancel`.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -32,7 +32,10 @@ pub enum NatsError {
 /// Connects with the service's name, retrying the first connect in the background so a
 /// service can start (and serve `/healthz`) while NATS is still down; requests and
 /// publishes wait for the connection.
-pub async fn connect(config: &CommonConfig, service: &str) -> Result<async_nats::Client, NatsError> {
+pub async fn connect(
+    config: &CommonConfig,
+    service: &str,
+) -> Result<async_nats::Client, NatsError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("mesh-{service}"))
         .retry_on_initial_connect()

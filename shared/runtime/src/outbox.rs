@@ -110,7 +110,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(db: Database, js: jetstream::Context, waker: RelayWaker, config: RelayConfig) -> Self {
+    pub fn new(
+        db: Database,
+        js: jetstream::Context,
+        waker: RelayWaker,
+        config: RelayConfig,
+    ) -> Self {
         Relay {
             db,
             js,
@@ -149,7 +154,7 @@ impl Relay {
                 }
             }
             rounds += 1;
-            if rounds % 1000 == 0 {
+            if rounds.is_multiple_of(1000) {
                 self.delete_old().await;
             }
             tokio::select! {
@@ -209,7 +214,8 @@ impl Relay {
     async fn mark_published(&self, seqs: &[i64]) -> Result<(), OutboxError> {
         let now = to_micros(jiff::Timestamp::now());
         for chunk in seqs.chunks(200) {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
                 placeholders.join(", ")
@@ -227,10 +233,11 @@ impl Relay {
         let cutoff = jiff::Timestamp::now()
             .as_microsecond()
             .saturating_sub(self.config.keep_published.as_micros() as i64);
-        if let Err(e) = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
-            .bind(cutoff)
-            .execute(&self.db.pool)
-            .await
+        if let Err(e) =
+            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+                .bind(cutoff)
+                .execute(&self.db.pool)
+                .await
         {
             tracing::warn!(error = %e, "cannot delete old outbox rows");
         }

@@ -158,7 +158,9 @@ pub async fn serve(
                     _ = cancel.cancelled() => break,
                     r = stream.next() => match r { Some(r) => r, None => break },
                 };
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
                 let handler = ep.handler.clone();
                 let span = tracing::info_span!(
                     "rpc.server",
@@ -190,8 +192,14 @@ pub async fn serve(
             let _ = l.await;
         }
         tracker.close();
-        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!(service = name, "in-flight requests did not finish before the drain timeout");
+        if tokio::time::timeout(drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = name,
+                "in-flight requests did not finish before the drain timeout"
+            );
         }
         if let Err(e) = service.stop().await {
             tracing::debug!(error = %e, "service stop");

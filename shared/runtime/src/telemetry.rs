@@ -32,11 +32,8 @@ impl Drop for TelemetryGuard {
 pub fn init(service_name: &'static str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name(service_name)
-            .build(),
-    );
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service_name).build());
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
     if endpoint.as_deref().is_some_and(|e| !e.is_empty()) {
         // The blocking HTTP client must not be built on a runtime thread.
