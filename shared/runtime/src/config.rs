@@ -69,7 +69,7 @@ pub fn secs(name: &str, default_s: u64) -> Result<Duration, ConfigError> {
 }
 
 /// Settings every service reads the same way.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommonConfig {
     /// `NATS_URL`, default `nats://127.0.0.1:4222`.
     pub nats_url: String,
@@ -94,5 +94,22 @@ impl CommonConfig {
             provision: switch("PROVISION", true)?,
             shutdown_grace: millis("SHUTDOWN_GRACE_MS", 10_000)?,
         })
+    }
+}
+
+impl std::fmt::Debug for CommonConfig {
+    // Hand-written so the NATS password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("nats_url", &self.nats_url)
+            .field("nats_user", &self.nats_user)
+            .field(
+                "nats_password",
+                &self.nats_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("http_addr", &self.http_addr)
+            .field("provision", &self.provision)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
     }
 }

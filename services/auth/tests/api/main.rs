@@ -1,0 +1,435 @@
+//! End-to-end tests of the auth service over NATS request/reply, each run on SQLite and
+//! on PostgreSQL against a real nats-server.
+
+mod helpers;
+
+use anyhow::{Context, Result, bail};
+use contracts::api::{
+    Jwks, LoginRequest, LogoutRequest, RefreshRequest, TOKEN_AUDIENCE, TOKEN_ISSUER, TokenResponse,
+    User,
+};
+use contracts::rpc::{Caller, NoBody, RpcReply, RpcRequest};
+use contracts::subjects::auth as subjects;
+use contracts::{ErrorCode, Problem, Role};
+use helpers::{ADMIN_EMAIL, Backend, PASSWORD, TestApp};
+
+/// Runs one scenario on both backends.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    register_creates_the_user_and_publishes_one_event,
+    duplicate_email_is_409_email_taken,
+    invalid_bodies_are_422_validation_failed,
+    login_succeeds_and_failures_are_indistinguishable,
+    refresh_rotates_and_reuse_revokes_the_family,
+    logout_revokes_and_is_idempotent,
+    me_requires_a_known_caller,
+    jwks_verifies_issued_access_tokens,
+    events_committed_with_the_relay_off_are_published_after_restart,
+    promote_makes_an_existing_user_admin,
+    racing_key_bootstraps_leave_one_active_key,
+    a_pem_key_takes_over_and_the_old_key_stays_published,
+);
+
+fn ok<T: std::fmt::Debug>(reply: RpcReply<T>, status: u16) -> Result<T> {
+    match reply {
+        RpcReply::Ok { status: s, body } if s == status => Ok(body),
+        other => bail!("expected {status}, got {other:?}"),
+    }
+}
+
+fn problem<T: std::fmt::Debug>(reply: RpcReply<T>) -> Result<Problem> {
+    match reply {
+        RpcReply::Err(p) => Ok(p),
+        other => bail!("expected a problem, got {other:?}"),
+    }
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> Result<RpcReply<TokenResponse>> {
+    app.rpc(
+        subjects::RPC_LOGIN,
+        &RpcRequest::new(LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        }),
+    )
+    .await
+}
+
+async fn refresh(app: &TestApp, token: &str) -> Result<RpcReply<TokenResponse>> {
+    app.rpc(
+        subjects::RPC_REFRESH,
+        &RpcRequest::new(RefreshRequest {
+            refresh_token: token.to_owned(),
+        }),
+    )
+    .await
+}
+
+async fn jwks(app: &TestApp) -> Result<Jwks> {
+    ok(
+        app.rpc(subjects::RPC_JWKS, &RpcRequest::new(NoBody {}))
+            .await?,
+        200,
+    )
+}
+
+async fn register_creates_the_user_and_publishes_one_event(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(
+        app.register("  Ada@Example.COM ", "  Ada Lovelace ")
+            .await?,
+        201,
+    )?;
+    assert_eq!(user.email, "ada@example.com");
+    assert_eq!(user.display_name, "Ada Lovelace");
+    assert_eq!(user.role, Role::User);
+    let admin = ok(
+        app.register(&ADMIN_EMAIL.to_uppercase(), "Boss").await?,
+        201,
+    )?;
+    assert_eq!(
+        admin.role,
+        Role::Admin,
+        "AUTH_ADMIN_EMAILS is case-insensitive"
+    );
+
+    let events = app.registered_events().await?;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (event, msg_id) = events
+        .iter()
+        .find(|(e, _)| e.user_id == user.id)
+        .context("no event for the user")?;
+    assert_eq!(event.email, user.email);
+    assert_eq!(event.display_name, user.display_name);
+    assert_eq!(event.role, Role::User);
+    assert_eq!(event.meta.aggregate_id, user.id);
+    assert_eq!(event.meta.aggregate_version, 1);
+    assert_eq!(msg_id, &event.meta.message_id.to_string());
+
+    // Readiness reports both dependencies.
+    let port = app.service()?.http_port;
+    let ready: contracts::api::Health = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(ready.status, "ready");
+    assert_eq!(ready.checks.len(), 2);
+    app.shutdown().await
+}
+
+async fn duplicate_email_is_409_email_taken(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    ok(app.register("grace@example.com", "Grace").await?, 201)?;
+    let p = problem(app.register(" GRACE@example.com", "Another Grace").await?)?;
+    assert_eq!((p.code, p.status), (ErrorCode::EmailTaken, 409));
+    assert_eq!(
+        app.registered_events().await?.len(),
+        1,
+        "no event for the rejected one"
+    );
+    app.shutdown().await
+}
+
+async fn invalid_bodies_are_422_validation_failed(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    // A missing field is a decode error, answered by the endpoint, not a panic.
+    let missing = serde_json::json!({ "email": "x@example.com", "display_name": "X" });
+    let reply: RpcReply<User> = app
+        .rpc(subjects::RPC_REGISTER, &RpcRequest::new(missing))
+        .await?;
+    let p = problem(reply)?;
+    assert_eq!((p.code, p.status), (ErrorCode::ValidationFailed, 422));
+    assert!(p.detail.unwrap_or_default().contains("password"));
+
+    // Present but invalid fields are each reported.
+    let reply: RpcReply<User> = app
+        .rpc(
+            subjects::RPC_REGISTER,
+            &RpcRequest::new(contracts::api::RegisterRequest {
+                email: "not-an-email".into(),
+                password: "short".into(),
+                display_name: "   ".into(),
+            }),
+        )
+        .await?;
+    let p = problem(reply)?;
+    assert_eq!(p.code, ErrorCode::ValidationFailed);
+    let fields: Vec<&str> = p.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["email", "password", "display_name"]);
+
+    // The service keeps answering.
+    ok(app.register("ok@example.com", "Ok").await?, 201)?;
+    app.shutdown().await
+}
+
+async fn login_succeeds_and_failures_are_indistinguishable(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("linus@example.com", "Linus").await?, 201)?;
+    let tokens = ok(login(&app, " LINUS@example.com", PASSWORD).await?, 200)?;
+    assert_eq!(tokens.token_type, "Bearer");
+    assert_eq!(tokens.expires_in, 900);
+    assert_eq!(tokens.refresh_expires_in, 3600);
+    assert_eq!(tokens.refresh_token.len(), 43);
+    let claims = auth::keys::verify(&tokens.access_token, &jwks(&app).await?)?;
+    assert_eq!((claims.sub, claims.role), (user.id, Role::User));
+
+    let wrong_password = problem(login(&app, "linus@example.com", "not the password").await?)?;
+    let unknown_user = problem(login(&app, "nobody@example.com", PASSWORD).await?)?;
+    assert_eq!(wrong_password.code, ErrorCode::InvalidCredentials);
+    assert_eq!(wrong_password.status, 401);
+    assert_eq!(
+        wrong_password, unknown_user,
+        "the two failures must look the same"
+    );
+    app.shutdown().await
+}
+
+async fn refresh_rotates_and_reuse_revokes_the_family(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("rot@example.com", "Rot").await?, 201)?;
+    let first = ok(login(&app, "rot@example.com", PASSWORD).await?, 200)?;
+    let second = ok(refresh(&app, &first.refresh_token).await?, 200)?;
+    assert_ne!(second.refresh_token, first.refresh_token);
+    let claims = auth::keys::verify(&second.access_token, &jwks(&app).await?)?;
+    assert_eq!(claims.sub, user.id);
+
+    // The rotated token is spent; presenting it again looks like theft, so the whole
+    // family goes, including the token issued in its place.
+    let reused = problem(refresh(&app, &first.refresh_token).await?)?;
+    assert_eq!(
+        (reused.code, reused.status),
+        (ErrorCode::InvalidRefreshToken, 401)
+    );
+    let after = problem(refresh(&app, &second.refresh_token).await?)?;
+    assert_eq!(after.code, ErrorCode::InvalidRefreshToken);
+
+    // Another login (another family) is unaffected; garbage is just invalid.
+    let other = ok(login(&app, "rot@example.com", PASSWORD).await?, 200)?;
+    ok(refresh(&app, &other.refresh_token).await?, 200)?;
+    let garbage = problem(refresh(&app, "not-a-token").await?)?;
+    assert_eq!(garbage.code, ErrorCode::InvalidRefreshToken);
+    app.shutdown().await
+}
+
+async fn logout_revokes_and_is_idempotent(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    ok(app.register("bye@example.com", "Bye").await?, 201)?;
+    let tokens = ok(login(&app, "bye@example.com", PASSWORD).await?, 200)?;
+    let logout = |token: String| {
+        let app = &app;
+        async move {
+            app.rpc::<_, NoBody>(
+                subjects::RPC_LOGOUT,
+                &RpcRequest::new(LogoutRequest {
+                    refresh_token: token,
+                }),
+            )
+            .await
+        }
+    };
+    ok(logout(tokens.refresh_token.clone()).await?, 204)?;
+    let p = problem(refresh(&app, &tokens.refresh_token).await?)?;
+    assert_eq!(p.code, ErrorCode::InvalidRefreshToken);
+    ok(logout(tokens.refresh_token.clone()).await?, 204)?;
+    ok(logout("never-issued".to_owned()).await?, 204)?;
+    app.shutdown().await
+}
+
+async fn me_requires_a_known_caller(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("me@example.com", "Me").await?, 201)?;
+    let me = |caller: Option<Caller>| {
+        let app = &app;
+        async move {
+            let mut request = RpcRequest::new(NoBody {});
+            request.caller = caller;
+            app.rpc::<_, User>(subjects::RPC_ME, &request).await
+        }
+    };
+    let found = ok(
+        me(Some(Caller {
+            user_id: user.id,
+            role: Role::User,
+        }))
+        .await?,
+        200,
+    )?;
+    assert_eq!(found, user);
+
+    let anonymous = problem(me(None).await?)?;
+    assert_eq!(
+        (anonymous.code, anonymous.status),
+        (ErrorCode::Unauthorized, 401)
+    );
+    let ghost = problem(
+        me(Some(Caller {
+            user_id: uuid::Uuid::now_v7(),
+            role: Role::User,
+        }))
+        .await?,
+    )?;
+    assert_eq!(ghost.code, ErrorCode::Unauthorized);
+    app.shutdown().await
+}
+
+async fn jwks_verifies_issued_access_tokens(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let admin = ok(app.register(ADMIN_EMAIL, "Boss").await?, 201)?;
+    let tokens = ok(login(&app, ADMIN_EMAIL, PASSWORD).await?, 200)?;
+    let jwks = jwks(&app).await?;
+    assert_eq!(jwks.keys.len(), 1);
+    let jwk = &jwks.keys[0];
+    assert_eq!(
+        (
+            jwk.kty.as_str(),
+            jwk.crv.as_str(),
+            jwk.alg.as_str(),
+            jwk.use_.as_str()
+        ),
+        ("OKP", "Ed25519", "EdDSA", "sig")
+    );
+
+    // Verify independently of the helper, exactly as the gateway will.
+    let header = jsonwebtoken::decode_header(&tokens.access_token)?;
+    assert_eq!(header.kid.as_deref(), Some(jwk.kid.as_str()));
+    let key = jsonwebtoken::DecodingKey::from_ed_components(&jwk.x)?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_issuer(&[TOKEN_ISSUER]);
+    validation.set_audience(&[TOKEN_AUDIENCE]);
+    let claims = jsonwebtoken::decode::<contracts::api::AccessClaims>(
+        &tokens.access_token,
+        &key,
+        &validation,
+    )?
+    .claims;
+    assert_eq!((claims.sub, claims.role), (admin.id, Role::Admin));
+    assert_eq!(claims.exp - claims.iat, 900);
+    app.shutdown().await
+}
+
+async fn events_committed_with_the_relay_off_are_published_after_restart(
+    backend: Backend,
+) -> Result<()> {
+    let mut app = TestApp::spawn_with(backend, false).await?;
+    let user = ok(app.register("late@example.com", "Late").await?, 201)?;
+    let kid_before = jwks(&app).await?.keys[0].kid.clone();
+    let tokens = ok(login(&app, "late@example.com", PASSWORD).await?, 200)?;
+    // Nothing leaves the outbox while the relay is off.
+    assert_eq!(runtime::outbox::backlog(&app.service()?.db).await?, 1);
+    assert!(helpers::read_registered(&app.js).await?.is_empty());
+
+    app.restart(true).await?;
+    let events = app.registered_events().await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0.user_id, user.id);
+
+    // The signing key survived the restart: old tokens still verify, nothing rotated.
+    let jwks_after = jwks(&app).await?;
+    assert_eq!(jwks_after.keys.len(), 1);
+    assert_eq!(jwks_after.keys[0].kid, kid_before);
+    auth::keys::verify(&tokens.access_token, &jwks_after)?;
+    ok(refresh(&app, &tokens.refresh_token).await?, 200)?;
+
+    // Another restart publishes nothing twice.
+    app.restart(true).await?;
+    assert_eq!(app.registered_events().await?.len(), 1);
+    app.shutdown().await
+}
+
+async fn promote_makes_an_existing_user_admin(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("rise@example.com", "Rise").await?, 201)?;
+    let tokens = ok(login(&app, "rise@example.com", PASSWORD).await?, 200)?;
+    auth::promote(app.db.url(), " RISE@example.com ").await?;
+    // The new role shows from the next refresh on.
+    let refreshed = ok(refresh(&app, &tokens.refresh_token).await?, 200)?;
+    let claims = auth::keys::verify(&refreshed.access_token, &jwks(&app).await?)?;
+    assert_eq!((claims.sub, claims.role), (user.id, Role::Admin));
+    let unknown = auth::promote(app.db.url(), "ghost@example.com").await;
+    assert!(matches!(
+        unknown,
+        Err(auth::cli::PromoteError::UnknownUser(_))
+    ));
+    app.shutdown().await
+}
+
+async fn racing_key_bootstraps_leave_one_active_key(backend: Backend) -> Result<()> {
+    let test_db = helpers::TestDb::create(backend).await?;
+    let db = runtime::db::Database::connect(test_db.url(), &auth::migrations()).await?;
+    // Eight "replicas" start at once on an empty key table.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { auth::keys::ensure_active_key(&db, None).await })
+        })
+        .collect();
+    let mut kids = Vec::new();
+    for task in tasks {
+        kids.push(task.await??.kid().to_owned());
+    }
+    kids.dedup();
+    assert_eq!(
+        kids.len(),
+        1,
+        "replicas disagree on the active key: {kids:?}"
+    );
+    let published = auth::keys::published(&db).await?;
+    assert_eq!(published.keys.len(), 1);
+    assert_eq!(published.keys[0].kid, kids[0]);
+    db.pool.close().await;
+    Ok(())
+}
+
+async fn a_pem_key_takes_over_and_the_old_key_stays_published(backend: Backend) -> Result<()> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+
+    let test_db = helpers::TestDb::create(backend).await?;
+    let db = runtime::db::Database::connect(test_db.url(), &auth::migrations()).await?;
+    let generated = auth::keys::ensure_active_key(&db, None).await?;
+
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = key.to_pkcs8_pem(LineEnding::LF)?;
+    let kid = auth::keys::thumbprint(key.verifying_key().as_bytes());
+    // Twice, as two replicas with the same PEM would.
+    for _ in 0..2 {
+        let active = auth::keys::ensure_active_key(&db, Some(pem.as_str())).await?;
+        assert_eq!(active.kid(), kid);
+    }
+    let published: Vec<String> = auth::keys::published(&db)
+        .await?
+        .keys
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert!(published.contains(&kid) && published.contains(&generated.kid().to_owned()));
+    // Without the PEM, a restart keeps signing with it (it is the stored active key).
+    assert_eq!(auth::keys::ensure_active_key(&db, None).await?.kid(), kid);
+
+    let bad = auth::keys::ensure_active_key(&db, Some("not a pem")).await;
+    assert!(matches!(bad, Err(auth::keys::KeyError::Pem(_))));
+    db.pool.close().await;
+    Ok(())
+}
