@@ -6,6 +6,7 @@
 //! It holds plumbing only; no bounded context's rules live here.
 
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod health;
 pub mod nats;
