@@ -156,6 +156,8 @@ pub async fn register(state: &AuthState, request: RpcRequest<RegisterRequest>) -
         email: user.email.clone(),
         display_name: user.display_name.clone(),
         role,
+        verification_token: None,
+        unsubscribe_token: None,
     };
 
     let mut tx = s.db.begin_write().await.map_err(internal)?;

@@ -224,3 +224,161 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+// ---- preferences, account mails ----
+
+/// Kinds of notification a user can switch per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// To an attendee: their RSVP was recorded (with the `.ics` invitation by mail).
+    RsvpConfirmation,
+    /// To an organizer: someone RSVP'd or changed their RSVP.
+    RsvpReceived,
+    /// To attendees: the event's time changed or it was cancelled.
+    EventChanged,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::RsvpConfirmation => "rsvp_confirmation",
+            NotificationKind::RsvpReceived => "rsvp_received",
+            NotificationKind::EventChanged => "event_changed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "rsvp_confirmation" => Some(NotificationKind::RsvpConfirmation),
+            "rsvp_received" => Some(NotificationKind::RsvpReceived),
+            "event_changed" => Some(NotificationKind::EventChanged),
+            _ => None,
+        }
+    }
+
+    pub const ALL: [NotificationKind; 3] = [
+        NotificationKind::RsvpConfirmation,
+        NotificationKind::RsvpReceived,
+        NotificationKind::EventChanged,
+    ];
+}
+
+/// On/off per notification kind for one channel. Account mails (welcome, password
+/// reset) are always sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPreferences {
+    #[serde(default = "yes")]
+    pub rsvp_confirmation: bool,
+    #[serde(default = "yes")]
+    pub rsvp_received: bool,
+    #[serde(default = "yes")]
+    pub event_changed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ChannelPreferences {
+    fn default() -> Self {
+        ChannelPreferences {
+            rsvp_confirmation: true,
+            rsvp_received: true,
+            event_changed: true,
+        }
+    }
+}
+
+impl ChannelPreferences {
+    pub fn allows(&self, kind: NotificationKind) -> bool {
+        match kind {
+            NotificationKind::RsvpConfirmation => self.rsvp_confirmation,
+            NotificationKind::RsvpReceived => self.rsvp_received,
+            NotificationKind::EventChanged => self.event_changed,
+        }
+    }
+
+    pub fn set(&mut self, kind: NotificationKind, on: bool) {
+        match kind {
+            NotificationKind::RsvpConfirmation => self.rsvp_confirmation = on,
+            NotificationKind::RsvpReceived => self.rsvp_received = on,
+            NotificationKind::EventChanged => self.event_changed = on,
+        }
+    }
+}
+
+/// `GET`/`PUT /v1/me/preferences`: absent channels or kinds are on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    #[serde(default)]
+    pub email: ChannelPreferences,
+    #[serde(default)]
+    pub push: ChannelPreferences,
+}
+
+/// `POST /v1/auth/password-reset`: always answered 202, whether the account exists or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequest {
+    pub email: String,
+}
+
+/// `POST /v1/auth/password-reset/confirm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetConfirm {
+    pub token: String,
+    pub new_password: String,
+}
+
+/// Plain acknowledgement for operations without a resource to return.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub status: String,
+}
+
+// ---- notifications (push) ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    /// UUIDv7: ordered by creation; also the SSE event id.
+    pub id: Uuid,
+    pub kind: NotificationKind,
+    pub title: String,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub read_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NotificationPage {
+    pub items: Vec<Notification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Unread notifications of the caller in all.
+    pub unread: u64,
+}
+
+/// Internal (gateway → push): the caller's notifications created after `after`, oldest
+/// first, for resuming a stream from `Last-Event-ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsSince {
+    pub after: Uuid,
+    pub limit: u32,
+}
+
+/// `POST /v1/notifications/stream/ticket`: a single-use ticket for
+/// `GET /v1/notifications/stream?ticket=…` (browsers' EventSource sends no headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StreamTicket {
+    pub ticket: String,
+    pub expires_in: u64,
+}

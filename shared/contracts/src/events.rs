@@ -74,12 +74,53 @@ pub struct UserRegisteredV1 {
     pub email: String,
     pub display_name: String,
     pub role: Role,
+    /// Single-use token that proves the address (the welcome mail's verification
+    /// link). It only verifies an address and expires, so it may live in the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_token: Option<String>,
+    /// Token that lets the user's mails carry a one-click `List-Unsubscribe` link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_token: Option<String>,
 }
 domain_event!(
     UserRegisteredV1,
     "auth.user_registered",
     1,
     subjects::auth::USER_REGISTERED_V1
+);
+
+/// A user's notification preferences changed. Aggregate: the user's preferences
+/// (version increases with every change; readers keep the highest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferencesChangedV1 {
+    pub meta: EventMeta,
+    pub user_id: Uuid,
+    pub preferences: crate::api::Preferences,
+}
+domain_event!(
+    PreferencesChangedV1,
+    "auth.preferences_changed",
+    1,
+    subjects::auth::PREFERENCES_CHANGED_V1
+);
+
+/// A password reset was requested for an existing account. Carries the single-use,
+/// short-lived token the mail links to (useless once used or expired). Aggregate: the
+/// user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordResetRequestedV1 {
+    pub meta: EventMeta,
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+domain_event!(
+    PasswordResetRequestedV1,
+    "auth.password_reset_requested",
+    1,
+    subjects::auth::PASSWORD_RESET_REQUESTED_V1
 );
 
 /// Lifecycle state of a calendar event.

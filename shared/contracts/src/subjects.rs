@@ -44,6 +44,8 @@ pub const ALL_STREAMS: &[StreamSpec] = &[AUTH_STREAM, CALENDAR_STREAM];
 
 pub mod auth {
     pub const USER_REGISTERED_V1: &str = "auth.v1.user.registered";
+    pub const PREFERENCES_CHANGED_V1: &str = "auth.v1.preferences.changed";
+    pub const PASSWORD_RESET_REQUESTED_V1: &str = "auth.v1.password_reset.requested";
 
     /// NATS micro-service name of the auth context.
     pub const SERVICE: &str = "auth";
@@ -54,6 +56,12 @@ pub mod auth {
     pub const RPC_ME: &str = "svc.auth.v1.me";
     /// Returns the JSON Web Key Set the gateway verifies access tokens with.
     pub const RPC_JWKS: &str = "svc.auth.v1.jwks";
+    pub const RPC_GET_PREFERENCES: &str = "svc.auth.v1.preferences.get";
+    pub const RPC_PUT_PREFERENCES: &str = "svc.auth.v1.preferences.put";
+    pub const RPC_REQUEST_PASSWORD_RESET: &str = "svc.auth.v1.password_reset.request";
+    pub const RPC_CONFIRM_PASSWORD_RESET: &str = "svc.auth.v1.password_reset.confirm";
+    pub const RPC_VERIFY_EMAIL: &str = "svc.auth.v1.verify_email";
+    pub const RPC_UNSUBSCRIBE: &str = "svc.auth.v1.unsubscribe";
 }
 
 pub mod calendar {
@@ -72,6 +80,29 @@ pub mod calendar {
     pub const RPC_LIST_RSVPS: &str = "svc.calendar.v1.rsvp.list";
 }
 
+pub mod push {
+    pub const SERVICE: &str = "push";
+    pub const RPC_LIST_NOTIFICATIONS: &str = "svc.push.v1.notifications.list";
+    pub const RPC_MARK_READ: &str = "svc.push.v1.notifications.read";
+    /// Notifications of the caller newer than a given id (SSE `Last-Event-ID` resume).
+    pub const RPC_NOTIFICATIONS_SINCE: &str = "svc.push.v1.notifications.since";
+
+    /// Core-NATS subject (not in any stream) on which push sends a user's new
+    /// notifications to every gateway holding a live stream for that user.
+    pub fn live_subject(user_id: &uuid::Uuid) -> String {
+        format!("push.live.{}", user_id.simple())
+    }
+    pub const LIVE_WILDCARD: &str = "push.live.*";
+}
+
+/// Durable consumer names: `<service>-<stream>`, one per subscribing service and stream.
+pub mod durables {
+    pub const EMAIL_AUTH: &str = "email-auth";
+    pub const EMAIL_CALENDAR: &str = "email-calendar";
+    pub const PUSH_AUTH: &str = "push-auth";
+    pub const PUSH_CALENDAR: &str = "push-calendar";
+}
+
 /// Queue group shared by every replica of a service, so each request reaches one.
 pub const RPC_QUEUE_GROUP: &str = "mesh";
 
@@ -79,6 +110,8 @@ pub const RPC_QUEUE_GROUP: &str = "mesh";
 pub mod buckets {
     /// Gateway idempotency records, shared by every gateway replica (24 h TTL).
     pub const IDEMPOTENCY: &str = "gateway_idempotency";
+    /// Single-use tickets that open a notification stream (60 s TTL).
+    pub const SSE_TICKETS: &str = "gateway_sse_tickets";
 }
 
 /// Header names carried by mesh messages.
@@ -141,10 +174,22 @@ mod tests {
         calendar::RPC_CANCEL_EVENT,
         calendar::RPC_PUT_RSVP,
         calendar::RPC_LIST_RSVPS,
+        auth::RPC_GET_PREFERENCES,
+        auth::RPC_PUT_PREFERENCES,
+        auth::RPC_REQUEST_PASSWORD_RESET,
+        auth::RPC_CONFIRM_PASSWORD_RESET,
+        auth::RPC_VERIFY_EMAIL,
+        auth::RPC_UNSUBSCRIBE,
+        push::RPC_LIST_NOTIFICATIONS,
+        push::RPC_MARK_READ,
+        push::RPC_NOTIFICATIONS_SINCE,
+        push::LIVE_WILDCARD,
     ];
 
     const EVENT_SUBJECTS: &[&str] = &[
         auth::USER_REGISTERED_V1,
+        auth::PREFERENCES_CHANGED_V1,
+        auth::PASSWORD_RESET_REQUESTED_V1,
         calendar::EVENT_CREATED_V1,
         calendar::EVENT_UPDATED_V1,
         calendar::EVENT_CANCELLED_V1,

@@ -7,10 +7,11 @@
 
 use std::path::PathBuf;
 
-use contracts::api::{CreateEventRequest, RsvpRequest};
+use contracts::api::{CreateEventRequest, Preferences, RsvpRequest};
 use contracts::events::{
     EventCancelledV1, EventCreatedV1, EventMeta, EventSnapshot, EventStatus, EventUpdatedV1,
-    RsvpChangedV1, RsvpCounts, RsvpStatus, UserRegisteredV1,
+    PasswordResetRequestedV1, PreferencesChangedV1, RsvpChangedV1, RsvpCounts, RsvpStatus,
+    UserRegisteredV1,
 };
 use contracts::rpc::{Caller, Role, RpcReply, RpcRequest};
 use contracts::{DomainEvent, ErrorCode, Problem, wire};
@@ -112,6 +113,50 @@ fn user_registered_v1() {
             email: "ada@example.com".into(),
             display_name: "Ada".into(),
             role: Role::User,
+            verification_token: None,
+            unsubscribe_token: None,
+        },
+    );
+    // The optional fields added within v1 (an older reader ignores them).
+    check_event(
+        "auth.user_registered.v1.tokens",
+        &UserRegisteredV1 {
+            meta: meta(1, 20, 1),
+            user_id: id(20),
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            role: Role::User,
+            verification_token: Some("verify-abc".into()),
+            unsubscribe_token: Some("unsub-xyz".into()),
+        },
+    );
+}
+
+#[test]
+fn preferences_changed_v1() {
+    let mut preferences = Preferences::default();
+    preferences.email.rsvp_received = false;
+    check_event(
+        "auth.preferences_changed.v1",
+        &PreferencesChangedV1 {
+            meta: meta(6, 20, 2),
+            user_id: id(20),
+            preferences,
+        },
+    );
+}
+
+#[test]
+fn password_reset_requested_v1() {
+    check_event(
+        "auth.password_reset_requested.v1",
+        &PasswordResetRequestedV1 {
+            meta: meta(7, 20, 3),
+            user_id: id(20),
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            token: "reset-123".into(),
+            expires_at: ts("2030-01-02T03:34:05Z"),
         },
     );
 }
