@@ -1,0 +1,246 @@
+//! The use cases: each runs the domain rules inside one database transaction and, when
+//! state changes, writes the domain event into the outbox in that same transaction
+//! (the relay publishes it after commit; a crash in between loses nothing).
+
+use contracts::api::{
+    self, CreateEventRequest, EventPage, RsvpPage, RsvpResult, UpdateEventRequest,
+};
+use contracts::events::{
+    EventCancelledV1, EventCreatedV1, EventMeta, EventUpdatedV1, RsvpChangedV1, RsvpStatus,
+};
+use jiff::Timestamp;
+use runtime::db::Database;
+use runtime::outbox::{OutboxError, RelayWaker, enqueue};
+use uuid::Uuid;
+
+use crate::domain::{
+    self, DomainError, EventCursor, EventQuery, EventRecord, RsvpCursor, RsvpPlan, RsvpQuery,
+};
+use crate::store::{self, RsvpRecord, StoreError};
+
+/// Why a use case failed: a rule (answered with its code) or the infrastructure (500).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        ServiceError::Store(StoreError::Db(e))
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The calendar's use cases over one database.
+#[derive(Clone, Debug)]
+pub struct Calendar {
+    db: Database,
+    waker: RelayWaker,
+}
+
+/// The current time at the stored precision (µs), so a reply and a later read agree.
+fn now_us() -> Timestamp {
+    runtime::db::from_micros(runtime::db::to_micros(Timestamp::now()))
+}
+
+fn rsvp_to_api(r: &RsvpRecord) -> api::Rsvp {
+    api::Rsvp {
+        event_id: r.event_id,
+        user_id: r.user_id,
+        status: r.status,
+        updated_at: r.updated_at,
+    }
+}
+
+impl Calendar {
+    pub fn new(db: Database, waker: RelayWaker) -> Self {
+        Calendar { db, waker }
+    }
+
+    pub async fn create_event(&self, caller: Uuid, req: &CreateEventRequest) -> Result<api::Event> {
+        let fields = domain::validate_create(req)?;
+        let event = EventRecord::new(Uuid::now_v7(), caller, fields, now_us());
+        let mut tx = self.db.begin_write().await?;
+        store::insert_event(&mut tx, &event).await?;
+        let created = EventCreatedV1 {
+            meta: EventMeta::new(event.id, event.version),
+            event: event.snapshot(),
+        };
+        enqueue(&mut tx, &created).await?;
+        tx.commit().await?;
+        self.waker.wake();
+        Ok(event.to_api(None))
+    }
+
+    pub async fn get_event(&self, caller: Uuid, id: Uuid) -> Result<api::Event> {
+        let mut conn = self.db.pool.acquire().await?;
+        let (event, mine) = store::get_event(&mut conn, id, caller)
+            .await?
+            .ok_or(DomainError::NotFound)?;
+        Ok(event.to_api(mine))
+    }
+
+    pub async fn list_events(&self, caller: Uuid, q: &EventQuery) -> Result<EventPage> {
+        let mut conn = self.db.pool.acquire().await?;
+        let mut rows = store::list_events(&mut conn, caller, q).await?;
+        let more = rows.len() > q.limit as usize;
+        rows.truncate(q.limit as usize);
+        let next_cursor = match rows.last() {
+            Some((last, _)) if more => Some(
+                EventCursor {
+                    starts_at_us: last.fields.starts_at.as_microsecond(),
+                    id: last.id,
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        Ok(EventPage {
+            items: rows.iter().map(|(e, mine)| e.to_api(*mine)).collect(),
+            next_cursor,
+        })
+    }
+
+    pub async fn update_event(
+        &self,
+        caller: Uuid,
+        id: Uuid,
+        req: &UpdateEventRequest,
+    ) -> Result<api::Event> {
+        let mut tx = self.db.begin_write().await?;
+        let current = store::lock_event(&mut tx, self.db.backend, id)
+            .await?
+            .ok_or(DomainError::NotFound)?;
+        let Some(change) = domain::plan_update(&current, caller, req)? else {
+            // Nothing changes: no version bump, no event.
+            tx.rollback().await?;
+            return self.get_event(caller, id).await;
+        };
+        let updated = store::update_fields(&mut tx, id, &change.fields, now_us())
+            .await?
+            // The row is locked and going was checked; only a concurrent change that
+            // the lock should have prevented lands here.
+            .ok_or(DomainError::CapacityBelowGoing {
+                capacity: change.fields.capacity,
+                going: current.counts.going,
+            })?;
+        let event = EventUpdatedV1 {
+            meta: EventMeta::new(id, updated.version),
+            event: updated.snapshot(),
+            time_changed: change.time_changed,
+            changed_fields: change.changed_fields,
+        };
+        enqueue(&mut tx, &event).await?;
+        let mine = store::rsvp_of(&mut tx, id, caller).await?;
+        tx.commit().await?;
+        self.waker.wake();
+        Ok(updated.to_api(mine))
+    }
+
+    pub async fn cancel_event(&self, caller: Uuid, id: Uuid) -> Result<api::Event> {
+        let mut tx = self.db.begin_write().await?;
+        let current = store::lock_event(&mut tx, self.db.backend, id)
+            .await?
+            .ok_or(DomainError::NotFound)?;
+        if !domain::plan_cancel(&current, caller)? {
+            // Already cancelled: same answer, nothing new to say.
+            let mine = store::rsvp_of(&mut tx, id, caller).await?;
+            tx.rollback().await?;
+            return Ok(current.to_api(mine));
+        }
+        let Some(cancelled) = store::set_cancelled(&mut tx, id, now_us()).await? else {
+            tx.rollback().await?;
+            return self.get_event(caller, id).await;
+        };
+        let event = EventCancelledV1 {
+            meta: EventMeta::new(id, cancelled.version),
+            event: cancelled.snapshot(),
+        };
+        enqueue(&mut tx, &event).await?;
+        let mine = store::rsvp_of(&mut tx, id, caller).await?;
+        tx.commit().await?;
+        self.waker.wake();
+        Ok(cancelled.to_api(mine))
+    }
+
+    /// Sets the caller's answer. Every change of one event is serialized behind its
+    /// row lock, and the seat itself is taken by a conditional UPDATE, so concurrent
+    /// RSVPs cannot overbook.
+    pub async fn put_rsvp(&self, caller: Uuid, id: Uuid, status: RsvpStatus) -> Result<RsvpResult> {
+        let now = now_us();
+        let mut tx = self.db.begin_write().await?;
+        let current = store::lock_event(&mut tx, self.db.backend, id)
+            .await?
+            .ok_or(DomainError::NotFound)?;
+        let previous = store::rsvp_of(&mut tx, id, caller).await?;
+        let delta = match domain::plan_rsvp(&current, previous, status, now)? {
+            RsvpPlan::Unchanged => {
+                let rsvp = store::get_rsvp(&mut tx, id, caller).await?;
+                tx.rollback().await?;
+                let rsvp = rsvp.ok_or(DomainError::NotFound)?;
+                return Ok(RsvpResult {
+                    rsvp: rsvp_to_api(&rsvp),
+                    counts: current.counts,
+                    changed: false,
+                });
+            }
+            RsvpPlan::Change(delta) => delta,
+        };
+        let Some(updated) = store::apply_rsvp_counts(&mut tx, id, delta, now).await? else {
+            // The conditional UPDATE found no free seat.
+            tx.rollback().await?;
+            return Err(DomainError::EventFull.into());
+        };
+        store::upsert_rsvp(&mut tx, id, caller, status, now).await?;
+        let event = RsvpChangedV1 {
+            meta: EventMeta::new(id, updated.version),
+            event: updated.snapshot(),
+            attendee_id: caller,
+            previous_status: previous,
+            status,
+        };
+        enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        self.waker.wake();
+        Ok(RsvpResult {
+            rsvp: api::Rsvp {
+                event_id: id,
+                user_id: caller,
+                status,
+                updated_at: now,
+            },
+            counts: updated.counts,
+            changed: true,
+        })
+    }
+
+    pub async fn list_rsvps(&self, caller: Uuid, id: Uuid, q: &RsvpQuery) -> Result<RsvpPage> {
+        let mut conn = self.db.pool.acquire().await?;
+        let (event, _) = store::get_event(&mut conn, id, caller)
+            .await?
+            .ok_or(DomainError::NotFound)?;
+        event.authorize_organizer(caller)?;
+        let mut rows = store::list_rsvps(&mut conn, id, q).await?;
+        let more = rows.len() > q.limit as usize;
+        rows.truncate(q.limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if more => Some(
+                RsvpCursor {
+                    user_id: last.user_id,
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        Ok(RsvpPage {
+            items: rows.iter().map(rsvp_to_api).collect(),
+            next_cursor,
+        })
+    }
+}

@@ -1,0 +1,404 @@
+//! The SQL store: the same `$N` SQL text on SQLite and PostgreSQL through sqlx `Any`.
+//!
+//! Functions take a connection (usually a write transaction's) and do one thing; the
+//! service layer composes them into transactions with the outbox. Row locking: on
+//! SQLite `Database::begin_write` already holds the database's write lock, on
+//! PostgreSQL [`lock_event`] adds `FOR UPDATE`, so every change of one event (and its
+//! outbox row) is serialized behind that event's row.
+
+use contracts::events::{EventStatus, RsvpCounts, RsvpStatus};
+use jiff::Timestamp;
+use runtime::db::{Backend, from_micros, to_micros};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::{
+    CountDelta, EventFields, EventQuery, EventRecord, Mine, RsvpCursor, RsvpQuery,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A stored value that this code cannot have written.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.into(),
+    }
+}
+
+const EVENT_COLUMNS: &str = "e.id, e.organizer_id, e.title, e.description, e.starts_at, \
+     e.ends_at, e.time_zone, e.location, e.capacity, e.status, e.going, e.maybe, \
+     e.declined, e.version, e.created_at, e.updated_at";
+
+/// The same columns unqualified: SQLite's RETURNING cannot name a table alias.
+const RETURNING_COLUMNS: &str = "id, organizer_id, title, description, starts_at, ends_at, \
+     time_zone, location, capacity, status, going, maybe, declined, version, created_at, \
+     updated_at";
+
+fn status_str(s: EventStatus) -> &'static str {
+    match s {
+        EventStatus::Scheduled => "scheduled",
+        EventStatus::Cancelled => "cancelled",
+    }
+}
+
+fn uuid_col(row: &AnyRow, table: &'static str, col: &str) -> Result<Uuid, StoreError> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| corrupt(table, format!("{col}: {e}")))
+}
+
+fn u32_col(row: &AnyRow, table: &'static str, col: &str) -> Result<u32, StoreError> {
+    let n: i64 = row.try_get(col)?;
+    u32::try_from(n).map_err(|_| corrupt(table, format!("{col} = {n}")))
+}
+
+fn event_from_row(row: &AnyRow) -> Result<EventRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let status = match status.as_str() {
+        "scheduled" => EventStatus::Scheduled,
+        "cancelled" => EventStatus::Cancelled,
+        other => return Err(corrupt("events", format!("status = {other}"))),
+    };
+    let version: i64 = row.try_get("version")?;
+    Ok(EventRecord {
+        id: uuid_col(row, "events", "id")?,
+        organizer_id: uuid_col(row, "events", "organizer_id")?,
+        fields: EventFields {
+            title: row.try_get("title")?,
+            description: row.try_get("description")?,
+            starts_at: from_micros(row.try_get("starts_at")?),
+            ends_at: from_micros(row.try_get("ends_at")?),
+            time_zone: row.try_get("time_zone")?,
+            location: row.try_get("location")?,
+            capacity: u32_col(row, "events", "capacity")?,
+        },
+        status,
+        counts: RsvpCounts {
+            going: u32_col(row, "events", "going")?,
+            maybe: u32_col(row, "events", "maybe")?,
+            declined: u32_col(row, "events", "declined")?,
+        },
+        version: u64::try_from(version).map_err(|_| corrupt("events", "negative version"))?,
+        created_at: from_micros(row.try_get("created_at")?),
+        updated_at: from_micros(row.try_get("updated_at")?),
+    })
+}
+
+fn rsvp_status(s: Option<String>) -> Result<Option<RsvpStatus>, StoreError> {
+    s.map(|s| RsvpStatus::parse(&s).ok_or_else(|| corrupt("rsvps", format!("status = {s}"))))
+        .transpose()
+}
+
+pub async fn insert_event(conn: &mut AnyConnection, ev: &EventRecord) -> Result<(), StoreError> {
+    let f = &ev.fields;
+    sqlx::query(
+        "INSERT INTO events (id, organizer_id, title, description, starts_at, ends_at, \
+         time_zone, location, capacity, status, going, maybe, declined, version, \
+         created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(ev.id.to_string())
+    .bind(ev.organizer_id.to_string())
+    .bind(&f.title)
+    .bind(&f.description)
+    .bind(to_micros(f.starts_at))
+    .bind(to_micros(f.ends_at))
+    .bind(&f.time_zone)
+    .bind(&f.location)
+    .bind(i64::from(f.capacity))
+    .bind(status_str(ev.status))
+    .bind(i64::from(ev.counts.going))
+    .bind(i64::from(ev.counts.maybe))
+    .bind(i64::from(ev.counts.declined))
+    .bind(ev.version as i64)
+    .bind(to_micros(ev.created_at))
+    .bind(to_micros(ev.updated_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads an event with the viewer's own RSVP.
+pub async fn get_event(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    viewer: Uuid,
+) -> Result<Option<(EventRecord, Option<RsvpStatus>)>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, r.status AS my_rsvp FROM events e \
+         LEFT JOIN rsvps r ON r.event_id = e.id AND r.user_id = $2 WHERE e.id = $1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(viewer.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|row| Ok((event_from_row(&row)?, rsvp_status(row.try_get("my_rsvp")?)?)))
+        .transpose()
+}
+
+/// Reads an event inside a write transaction, locking its row on PostgreSQL.
+pub async fn lock_event(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: Uuid,
+) -> Result<Option<EventRecord>, StoreError> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        // BEGIN IMMEDIATE already holds the only write lock SQLite has.
+        Backend::Sqlite => "",
+    };
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1{lock}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+/// Writes the editable fields, bumping the version; returns the new row. The
+/// `going <= capacity` guard repeats the domain check at the row (0 rows: refused).
+pub async fn update_fields(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    f: &EventFields,
+    now: Timestamp,
+) -> Result<Option<EventRecord>, StoreError> {
+    let sql = format!(
+        "UPDATE events SET title = $2, description = $3, starts_at = $4, ends_at = $5, \
+         time_zone = $6, location = $7, capacity = $8, version = version + 1, updated_at = $9 \
+         WHERE id = $1 AND going <= $8 RETURNING {RETURNING_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(&f.title)
+        .bind(&f.description)
+        .bind(to_micros(f.starts_at))
+        .bind(to_micros(f.ends_at))
+        .bind(&f.time_zone)
+        .bind(&f.location)
+        .bind(i64::from(f.capacity))
+        .bind(to_micros(now))
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+/// Marks the event cancelled, bumping the version; returns the new row.
+pub async fn set_cancelled(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    now: Timestamp,
+) -> Result<Option<EventRecord>, StoreError> {
+    let sql = format!(
+        "UPDATE events SET status = 'cancelled', version = version + 1, updated_at = $2 \
+         WHERE id = $1 AND status <> 'cancelled' RETURNING {RETURNING_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(to_micros(now))
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+/// The seat-safe count update: moves the counts by `d` and bumps the version, but only
+/// while a seat is free when the change takes one. `None`: the event is full (or gone,
+/// or cancelled under us). This conditional UPDATE is what makes capacity atomic: the
+/// condition is evaluated against the row as locked by this transaction.
+pub async fn apply_rsvp_counts(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    d: CountDelta,
+    now: Timestamp,
+) -> Result<Option<EventRecord>, StoreError> {
+    let sql = format!(
+        "UPDATE events SET going = going + $2, maybe = maybe + $3, declined = declined + $4, \
+         version = version + 1, updated_at = $5 \
+         WHERE id = $1 AND status = 'scheduled' AND ($2 <= 0 OR going + $2 <= capacity) \
+         RETURNING {RETURNING_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.to_string())
+        .bind(d.going)
+        .bind(d.maybe)
+        .bind(d.declined)
+        .bind(to_micros(now))
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+/// The user's current answer to the event.
+pub async fn rsvp_of(
+    conn: &mut AnyConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<RsvpStatus>, StoreError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM rsvps WHERE event_id = $1 AND user_id = $2")
+            .bind(event_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(conn)
+            .await?;
+    rsvp_status(status)
+}
+
+/// Inserts or replaces the user's answer (one row per event and user).
+pub async fn upsert_rsvp(
+    conn: &mut AnyConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+    status: RsvpStatus,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rsvps (event_id, user_id, status, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(event_id.to_string())
+    .bind(user_id.to_string())
+    .bind(status.as_str())
+    .bind(to_micros(now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One RSVP row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsvpRecord {
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub status: RsvpStatus,
+    pub updated_at: Timestamp,
+}
+
+pub async fn get_rsvp(
+    conn: &mut AnyConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<RsvpRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT event_id, user_id, status, updated_at FROM rsvps \
+         WHERE event_id = $1 AND user_id = $2",
+    )
+    .bind(event_id.to_string())
+    .bind(user_id.to_string())
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(rsvp_from_row).transpose()
+}
+
+fn rsvp_from_row(row: &AnyRow) -> Result<RsvpRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(RsvpRecord {
+        event_id: uuid_col(row, "rsvps", "event_id")?,
+        user_id: uuid_col(row, "rsvps", "user_id")?,
+        status: RsvpStatus::parse(&status)
+            .ok_or_else(|| corrupt("rsvps", format!("status = {status}")))?,
+        updated_at: from_micros(row.try_get("updated_at")?),
+    })
+}
+
+/// Positional binds of a query built at run time.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// One page of events (at most `q.limit + 1` rows: the extra one says more remain),
+/// each with the viewer's own RSVP.
+pub async fn list_events(
+    conn: &mut AnyConnection,
+    viewer: Uuid,
+    q: &EventQuery,
+) -> Result<Vec<(EventRecord, Option<RsvpStatus>)>, StoreError> {
+    let mut binds = vec![Bind::Text(viewer.to_string())];
+    let mut conds: Vec<String> = Vec::new();
+    let push = |binds: &mut Vec<Bind>, b: Bind| {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    if let Some(from) = q.from {
+        let p = push(&mut binds, Bind::Int(to_micros(from)));
+        conds.push(format!("e.starts_at >= {p}"));
+    }
+    if let Some(to) = q.to {
+        let p = push(&mut binds, Bind::Int(to_micros(to)));
+        conds.push(format!("e.starts_at < {p}"));
+    }
+    match q.mine {
+        None => {}
+        // $1 is the viewer.
+        Some(Mine::Organizing) => conds.push("e.organizer_id = $1".into()),
+        Some(Mine::Attending) => conds.push("r.status IN ('going', 'maybe')".into()),
+    }
+    if let Some(c) = q.after {
+        let ts = push(&mut binds, Bind::Int(c.starts_at_us));
+        let id = push(&mut binds, Bind::Text(c.id.to_string()));
+        conds.push(format!(
+            "(e.starts_at > {ts} OR (e.starts_at = {ts} AND e.id > {id}))"
+        ));
+    }
+    let limit = push(&mut binds, Bind::Int(i64::from(q.limit) + 1));
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, r.status AS my_rsvp FROM events e \
+         LEFT JOIN rsvps r ON r.event_id = e.id AND r.user_id = $1 \
+         {filter} ORDER BY e.starts_at, e.id LIMIT {limit}"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        query = match b {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(n) => query.bind(n),
+        };
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| Ok((event_from_row(row)?, rsvp_status(row.try_get("my_rsvp")?)?)))
+        .collect()
+}
+
+/// One page of an event's RSVPs ordered by user id (at most `q.limit + 1` rows).
+pub async fn list_rsvps(
+    conn: &mut AnyConnection,
+    event_id: Uuid,
+    q: &RsvpQuery,
+) -> Result<Vec<RsvpRecord>, StoreError> {
+    let mut sql =
+        String::from("SELECT event_id, user_id, status, updated_at FROM rsvps WHERE event_id = $1");
+    let mut binds = vec![Bind::Text(event_id.to_string())];
+    if let Some(s) = q.status {
+        binds.push(Bind::Text(s.as_str().to_owned()));
+        sql.push_str(&format!(" AND status = ${}", binds.len()));
+    }
+    if let Some(RsvpCursor { user_id }) = q.after {
+        binds.push(Bind::Text(user_id.to_string()));
+        sql.push_str(&format!(" AND user_id > ${}", binds.len()));
+    }
+    binds.push(Bind::Int(i64::from(q.limit) + 1));
+    sql.push_str(&format!(" ORDER BY user_id LIMIT ${}", binds.len()));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        query = match b {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(n) => query.bind(n),
+        };
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(rsvp_from_row).collect()
+}
