@@ -1,0 +1,146 @@
+//! The gateway's settings, read from the environment with documented defaults.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use runtime::ConfigError;
+use runtime::config::{self, CommonConfig};
+
+/// Where the gateway listens when `HTTP_ADDR` is unset.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+/// Everything the gateway reads at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `HTTP_ADDR` (default `127.0.0.1:8080`),
+    /// `PROVISION` (create the idempotency bucket at start, default on) and
+    /// `SHUTDOWN_GRACE_MS` (how long in-flight HTTP requests may take on shutdown).
+    pub common: CommonConfig,
+    /// `GATEWAY_REQUEST_TIMEOUT_MS` (default 5000): how long a service may take to answer
+    /// one request over NATS before the client gets 504 `timeout`.
+    pub request_timeout: Duration,
+    /// `GATEWAY_HTTP_TIMEOUT_MS` (default 10000): the whole HTTP request, from the first
+    /// byte read to the response, including idempotency bookkeeping.
+    pub http_timeout: Duration,
+    /// `GATEWAY_MAX_BODY_BYTES` (default 65536): larger bodies get 413 `payload_too_large`.
+    pub max_body_bytes: usize,
+    /// `GATEWAY_JWKS_REFRESH_SECS` (default 300): how often the key set is fetched again
+    /// from auth, so rotated keys are picked up without a restart.
+    pub jwks_refresh: Duration,
+    /// `GATEWAY_JWT_LEEWAY_SECS` (default 5): clock skew tolerated on `exp`.
+    pub jwt_leeway_secs: u64,
+    /// `GATEWAY_RATE_LIMIT_USER_PER_SEC` (default 100): sustained requests per second per
+    /// authenticated user.
+    pub rate_limit_user_per_sec: NonZeroU32,
+    /// `GATEWAY_RATE_LIMIT_USER_BURST` (default 200).
+    pub rate_limit_user_burst: NonZeroU32,
+    /// `GATEWAY_RATE_LIMIT_IP_PER_SEC` (default 50): sustained requests per second per
+    /// client IP on public routes (register, login, refresh, logout).
+    pub rate_limit_ip_per_sec: NonZeroU32,
+    /// `GATEWAY_RATE_LIMIT_IP_BURST` (default 500).
+    pub rate_limit_ip_burst: NonZeroU32,
+    /// `GATEWAY_CORS_ORIGINS`: comma-separated origins allowed to call the API from a
+    /// browser (`*` for any). Empty (the default) sends no CORS headers at all, so
+    /// browsers refuse cross-origin calls.
+    pub cors_origins: Vec<String>,
+    /// `GATEWAY_IDEMPOTENCY_TTL_SECS` (default 86400): how long an `Idempotency-Key` and
+    /// its stored response are kept (the bucket's max age).
+    pub idempotency_ttl: Duration,
+    /// `GATEWAY_IDEMPOTENCY_IN_FLIGHT_SECS` (default 60): after this long, a request
+    /// still marked in flight is taken to be abandoned (its gateway died) and a retry
+    /// with the same key may take it over.
+    pub idempotency_abandon_after: Duration,
+}
+
+impl Config {
+    /// The defaults, around the given common settings (handy for tests).
+    pub fn new(common: CommonConfig) -> Self {
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        Config {
+            common,
+            request_timeout: Duration::from_millis(5_000),
+            http_timeout: Duration::from_millis(10_000),
+            max_body_bytes: 64 * 1024,
+            jwks_refresh: Duration::from_secs(300),
+            jwt_leeway_secs: 5,
+            rate_limit_user_per_sec: nz(100),
+            rate_limit_user_burst: nz(200),
+            rate_limit_ip_per_sec: nz(50),
+            rate_limit_ip_burst: nz(500),
+            cors_origins: Vec::new(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_abandon_after: Duration::from_secs(60),
+        }
+    }
+
+    /// Reads every setting from the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Config::new(CommonConfig::from_env(DEFAULT_HTTP_ADDR)?);
+        Ok(Config {
+            request_timeout: config::millis(
+                "GATEWAY_REQUEST_TIMEOUT_MS",
+                millis(d.request_timeout),
+            )?,
+            http_timeout: config::millis("GATEWAY_HTTP_TIMEOUT_MS", millis(d.http_timeout))?,
+            max_body_bytes: config::parse("GATEWAY_MAX_BODY_BYTES", d.max_body_bytes)?,
+            jwks_refresh: config::secs("GATEWAY_JWKS_REFRESH_SECS", d.jwks_refresh.as_secs())?,
+            jwt_leeway_secs: config::parse("GATEWAY_JWT_LEEWAY_SECS", d.jwt_leeway_secs)?,
+            rate_limit_user_per_sec: config::parse(
+                "GATEWAY_RATE_LIMIT_USER_PER_SEC",
+                d.rate_limit_user_per_sec,
+            )?,
+            rate_limit_user_burst: config::parse(
+                "GATEWAY_RATE_LIMIT_USER_BURST",
+                d.rate_limit_user_burst,
+            )?,
+            rate_limit_ip_per_sec: config::parse(
+                "GATEWAY_RATE_LIMIT_IP_PER_SEC",
+                d.rate_limit_ip_per_sec,
+            )?,
+            rate_limit_ip_burst: config::parse(
+                "GATEWAY_RATE_LIMIT_IP_BURST",
+                d.rate_limit_ip_burst,
+            )?,
+            cors_origins: config::var("GATEWAY_CORS_ORIGINS")
+                .map(|v| parse_list(&v))
+                .unwrap_or_default(),
+            idempotency_ttl: config::secs(
+                "GATEWAY_IDEMPOTENCY_TTL_SECS",
+                d.idempotency_ttl.as_secs(),
+            )?,
+            idempotency_abandon_after: config::secs(
+                "GATEWAY_IDEMPOTENCY_IN_FLIGHT_SECS",
+                d.idempotency_abandon_after.as_secs(),
+            )?,
+            common: d.common,
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Splits a comma-separated list, dropping blanks.
+fn parse_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_drop_blanks() {
+        assert_eq!(
+            parse_list(" https://a.example , ,https://b.example,"),
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert!(parse_list(" , ").is_empty());
+    }
+}

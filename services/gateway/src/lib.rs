@@ -1,0 +1,242 @@
+//! The public HTTP API of the mesh. The gateway owns no database: it verifies access
+//! tokens against a cached JWKS, validates and rate-limits requests, applies
+//! `Idempotency-Key`, and forwards each request over NATS request/reply to the service
+//! that owns it, turning the reply into JSON or problem+json.
+//!
+//! - [`routes`]: the route table (data), matched by one generic handler in [`proxy`];
+//! - [`auth`]: the JWKS cache and token checks; [`ratelimit`]: per-user and per-IP limits;
+//! - [`idempotency`]: records in the shared JetStream KV bucket `gateway_idempotency`;
+//! - [`error`]: the one error type and its problem+json mapping;
+//! - [`openapi`]: `/openapi.json`, generated from the route table;
+//! - [`server`]: the HTTP middleware stack; [`Application`]: startup and shutdown.
+//!
+//! Architecture invariant: its only state is the idempotency bucket (shared by every
+//! replica), the JWKS cache and the in-memory rate-limit buckets.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod openapi;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use contracts::subjects::buckets;
+use runtime::health::Readiness;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use routes::{AuthRule, Route, RouteTable};
+
+use auth::KeyStore;
+use idempotency::Idempotency;
+use proxy::Gateway;
+use ratelimit::RateLimits;
+
+/// The service name used for NATS and health reports.
+pub const SERVICE: &str = "gateway";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid route table")]
+    Routes(#[from] routes::TemplateError),
+    #[error(transparent)]
+    Nats(#[from] runtime::nats::NatsError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot render the OpenAPI document")]
+    OpenApi(#[source] serde_json::Error),
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built gateway: listening, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    router: axum::Router,
+    gateway: Arc<Gateway>,
+    config: Config,
+}
+
+impl Application {
+    /// Connects to NATS (retrying in the background if it is down), binds the HTTP
+    /// listener and assembles the router. Nothing is served until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let routes = RouteTable::new(routes::routes())?;
+        let openapi_json =
+            serde_json::to_vec(&openapi::document(&routes)).map_err(StartupError::OpenApi)?;
+        let client = runtime::nats::connect(&config.common, SERVICE).await?;
+        let listener = TcpListener::bind(&config.common.http_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.common.http_addr.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                addr: config.common.http_addr.clone(),
+                source,
+            })?
+            .port();
+
+        let keys = Arc::new(KeyStore::new(
+            client.clone(),
+            config.request_timeout,
+            config.jwt_leeway_secs,
+        ));
+        let gateway = Arc::new(Gateway {
+            routes,
+            client: client.clone(),
+            keys: keys.clone(),
+            limits: Arc::new(RateLimits::new(
+                config.rate_limit_user_per_sec,
+                config.rate_limit_user_burst,
+                config.rate_limit_ip_per_sec,
+                config.rate_limit_ip_burst,
+            )),
+            idempotency: Arc::new(Idempotency::new(config.idempotency_abandon_after)),
+            request_timeout: config.request_timeout,
+            max_body_bytes: config.max_body_bytes,
+        });
+
+        let idem = gateway.idempotency.clone();
+        let readiness = Readiness::new(SERVICE, env!("CARGO_PKG_VERSION"))
+            .nats(client)
+            .check("jwks", move || {
+                let ok = keys.is_loaded();
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("no key set loaded yet".to_owned())
+                    }
+                }
+            })
+            .check("idempotency_store", move || {
+                let ok = idem.is_ready();
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("bucket not ready yet".to_owned())
+                    }
+                }
+            });
+        let router = server::router(
+            gateway.clone(),
+            readiness,
+            openapi_json.into(),
+            &server::HttpOptions {
+                http_timeout: config.http_timeout,
+                cors_origins: config.cors_origins.clone(),
+            },
+        );
+        Ok(Application {
+            listener,
+            port,
+            router,
+            gateway,
+            config,
+        })
+    }
+
+    /// The port the HTTP listener is bound to.
+    pub fn http_port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `cancel`, then stops accepting, lets in-flight requests finish
+    /// (for at most `SHUTDOWN_GRACE_MS`) and stops the background tasks.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), StartupError> {
+        let Application {
+            listener,
+            port,
+            router,
+            gateway,
+            config,
+        } = self;
+        // Background work stops after the HTTP server: in-flight requests still verify
+        // tokens and write idempotency records while draining.
+        let background = CancellationToken::new();
+        tokio::spawn(
+            gateway
+                .keys
+                .clone()
+                .run(config.jwks_refresh, background.clone()),
+        );
+        tokio::spawn(gateway.limits.clone().run_cleaner(background.clone()));
+        tokio::spawn(provision_idempotency(
+            gateway.clone(),
+            config.clone(),
+            background.clone(),
+        ));
+        tracing::info!(port, "gateway listening");
+
+        let shutdown = cancel.clone();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let grace = config.common.shutdown_grace;
+        let result = tokio::select! {
+            r = server => r.map_err(StartupError::Serve),
+            _ = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight requests did not finish within the shutdown grace");
+                Ok(())
+            }
+        };
+        background.cancel();
+        if let Err(e) = gateway.client.drain().await {
+            tracing::debug!(error = %e, "NATS drain");
+        }
+        tracing::info!("gateway stopped");
+        result
+    }
+}
+
+/// Creates (or, with `PROVISION=off`, looks up) the idempotency bucket, retrying until
+/// JetStream answers; idempotent requests get 503 until then.
+async fn provision_idempotency(gateway: Arc<Gateway>, config: Config, cancel: CancellationToken) {
+    let js = async_nats::jetstream::new(gateway.client.clone());
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = if config.common.provision {
+            runtime::nats::provision_bucket(&js, buckets::IDEMPOTENCY, config.idempotency_ttl)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            js.get_key_value(buckets::IDEMPOTENCY)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(store) => {
+                gateway.idempotency.set_store(store);
+                tracing::debug!(bucket = buckets::IDEMPOTENCY, "idempotency bucket ready");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "idempotency bucket not available, retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

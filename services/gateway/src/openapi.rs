@@ -1,0 +1,306 @@
+//! `GET /openapi.json`, generated from the route table and the contracts' schemas, so
+//! the document cannot drift from what the gateway actually routes.
+
+use std::collections::BTreeMap;
+
+use axum::http::Method;
+use contracts::api::{
+    CreateEventRequest, Event, EventPage, Health, HealthCheck, LoginRequest, LogoutRequest,
+    RefreshRequest, RegisterRequest, Rsvp, RsvpPage, RsvpRequest, RsvpResult, TokenResponse,
+    UpdateEventRequest, User,
+};
+use contracts::events::{EventStatus, RsvpCounts, RsvpStatus};
+use contracts::{ErrorCode, FieldError, Problem, Role};
+use utoipa::ToSchema;
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ComponentsBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    Content, InfoBuilder, KnownFormat, OpenApi, OpenApiBuilder, Ref, RefOr, Required,
+    ResponseBuilder,
+};
+
+use crate::error::PROBLEM_JSON;
+use crate::routes::{AuthRule, Route, RouteTable};
+
+/// Name of the bearer security scheme.
+const BEARER: &str = "bearer";
+
+type Schemas = BTreeMap<String, RefOr<Schema>>;
+
+fn add<T: ToSchema>(schemas: &mut Schemas) {
+    schemas.insert(T::name().into_owned(), T::schema());
+    let mut nested = Vec::new();
+    T::schemas(&mut nested);
+    schemas.extend(nested);
+}
+
+/// Every contract type the API's bodies are made of.
+fn schemas() -> Schemas {
+    let mut s = Schemas::new();
+    add::<RegisterRequest>(&mut s);
+    add::<LoginRequest>(&mut s);
+    add::<RefreshRequest>(&mut s);
+    add::<LogoutRequest>(&mut s);
+    add::<TokenResponse>(&mut s);
+    add::<User>(&mut s);
+    add::<CreateEventRequest>(&mut s);
+    add::<UpdateEventRequest>(&mut s);
+    add::<Event>(&mut s);
+    add::<EventPage>(&mut s);
+    add::<RsvpRequest>(&mut s);
+    add::<Rsvp>(&mut s);
+    add::<RsvpResult>(&mut s);
+    add::<RsvpPage>(&mut s);
+    add::<RsvpCounts>(&mut s);
+    add::<EventStatus>(&mut s);
+    add::<RsvpStatus>(&mut s);
+    add::<Role>(&mut s);
+    add::<Problem>(&mut s);
+    add::<ErrorCode>(&mut s);
+    add::<FieldError>(&mut s);
+    add::<Health>(&mut s);
+    add::<HealthCheck>(&mut s);
+    s
+}
+
+fn http_method(method: &Method) -> Option<HttpMethod> {
+    Some(match *method {
+        Method::GET => HttpMethod::Get,
+        Method::POST => HttpMethod::Post,
+        Method::PUT => HttpMethod::Put,
+        Method::PATCH => HttpMethod::Patch,
+        Method::DELETE => HttpMethod::Delete,
+        Method::HEAD => HttpMethod::Head,
+        Method::OPTIONS => HttpMethod::Options,
+        Method::TRACE => HttpMethod::Trace,
+        _ => return None,
+    })
+}
+
+fn string_schema(format: Option<KnownFormat>) -> Schema {
+    let mut b = ObjectBuilder::new().schema_type(Type::String);
+    if let Some(f) = format {
+        b = b.format(Some(SchemaFormat::KnownFormat(f)));
+    }
+    b.into()
+}
+
+fn path_params(template: &str) -> impl Iterator<Item = &str> {
+    template
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+}
+
+/// The error statuses a route can answer.
+fn error_statuses(route: &Route) -> Vec<u16> {
+    let mut s = vec![400, 401, 404, 429, 500, 503, 504];
+    if route.auth != AuthRule::Public {
+        s.push(403);
+    }
+    if route.method != Method::GET {
+        s.push(409);
+    }
+    if route.has_body {
+        s.extend([413, 415]);
+    }
+    if route.has_body || route.method == Method::POST {
+        s.push(422);
+    }
+    s.sort_unstable();
+    s
+}
+
+/// "Problem codes: `a`, `b`" for the codes that travel with `status`.
+fn codes_for(status: u16) -> String {
+    let codes: Vec<String> = ErrorCode::ALL
+        .iter()
+        .filter(|c| c.status() == status)
+        .map(|c| format!("`{c}`"))
+        .collect();
+    format!("Problem codes: {}", codes.join(", "))
+}
+
+fn problem_response(status: u16) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(codes_for(status))
+        .content(
+            PROBLEM_JSON,
+            Content::new(Some(Ref::from_schema_name(Problem::name()))),
+        )
+        .build()
+}
+
+fn json_response(description: &str, schema: Option<&str>) -> utoipa::openapi::Response {
+    let mut b = ResponseBuilder::new().description(description);
+    if let Some(schema) = schema {
+        b = b.content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name(schema))),
+        );
+    }
+    b.build()
+}
+
+fn operation(route: &Route) -> utoipa::openapi::path::Operation {
+    let tag = route.path.split('/').nth(2).unwrap_or("api");
+    let mut op = OperationBuilder::new()
+        .tag(tag)
+        .summary(Some(route.summary))
+        .description(Some(format!("Served by `{}`.", route.subject)))
+        .operation_id(Some(
+            route.subject.trim_start_matches("svc.").replace('.', "_"),
+        ));
+    for name in path_params(&route.path) {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(string_schema(Some(KnownFormat::Uuid)))),
+        );
+    }
+    for name in route.query {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(*name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .schema(Some(string_schema(None))),
+        );
+    }
+    if route.method == Method::POST {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "1-255 visible ASCII characters; a retry with the same key and body \
+                     replays the first response (header `Idempotent-Replayed: true`)",
+                ))
+                .schema(Some(string_schema(None))),
+        );
+    }
+    if let Some(schema) = route.request_schema {
+        op = op.request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name(schema))),
+                )
+                .build(),
+        ));
+    }
+    op = op.response(
+        route.success_status.to_string(),
+        json_response("Success", route.response_schema),
+    );
+    for status in error_statuses(route) {
+        op = op.response(status.to_string(), problem_response(status));
+    }
+    if route.auth != AuthRule::Public {
+        op = op.security(SecurityRequirement::new(BEARER, Vec::<String>::new()));
+    }
+    op.build()
+}
+
+/// The whole document.
+pub fn document(routes: &RouteTable) -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    for route in routes.routes() {
+        let Some(method) = http_method(&route.method) else {
+            tracing::warn!(method = %route.method, path = %route.path, "method not documentable");
+            continue;
+        };
+        paths = paths.path(
+            route.path.to_string(),
+            PathItem::new(method, operation(route)),
+        );
+    }
+    for (path, summary) in [
+        ("/healthz", "Liveness: the process runs"),
+        (
+            "/readyz",
+            "Readiness: NATS connected and signing keys loaded (503 otherwise)",
+        ),
+    ] {
+        let op = OperationBuilder::new()
+            .tag("health")
+            .summary(Some(summary))
+            .response("200", json_response("Report", Some("Health")))
+            .build();
+        paths = paths.path(path, PathItem::new(HttpMethod::Get, op));
+    }
+    let components = ComponentsBuilder::new()
+        .schemas_from_iter(schemas())
+        .security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        )
+        .build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Mesh API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "The public API of the mesh. Errors are RFC 9457 problem+json bodies \
+                     with a stable `code`.",
+                ))
+                .build(),
+        )
+        .paths(paths.build())
+        .components(Some(components))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::routes;
+
+    #[test]
+    fn every_route_and_referenced_schema_is_documented() {
+        let table = RouteTable::new(routes()).expect("compiles");
+        let doc = document(&table);
+        let json = serde_json::to_value(&doc).expect("serializes");
+        let schemas = &json["components"]["schemas"];
+        for route in routes() {
+            let method = route.method.as_str().to_lowercase();
+            let op = &json["paths"][&*route.path][&method];
+            assert!(op.is_object(), "{} {} missing", route.method, route.path);
+            for schema in route
+                .request_schema
+                .iter()
+                .chain(route.response_schema.iter())
+            {
+                assert!(schemas[*schema].is_object(), "schema {schema} missing");
+            }
+            assert!(op["responses"]["500"].is_object());
+            assert_eq!(op["security"].is_array(), route.auth != AuthRule::Public);
+        }
+        for name in [
+            "Problem",
+            "ErrorCode",
+            "FieldError",
+            "RsvpCounts",
+            "EventStatus",
+            "RsvpStatus",
+            "Role",
+            "Health",
+        ] {
+            assert!(schemas[name].is_object(), "schema {name} missing");
+        }
+        assert!(json["components"]["securitySchemes"][BEARER].is_object());
+    }
+}

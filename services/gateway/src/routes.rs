@@ -1,0 +1,419 @@
+//! The route table: which HTTP route goes to which NATS subject, under which auth rule.
+//!
+//! Routes are data, not handlers: one generic handler serves them all, and the OpenAPI
+//! document is generated from the same table. [`routes`] builds the table in one place
+//! so it can later be fed from the services' discovery metadata (`$SRV.INFO`, endpoint
+//! metadata `{"http": "PUT /v1/events/{id}/rsvp"}`) instead.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use axum::http::Method;
+use contracts::subjects::{auth, calendar};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRule {
+    /// Anyone; rate-limited per client IP.
+    Public,
+    /// A valid access token; rate-limited per user.
+    User,
+    /// A valid access token with role `admin`.
+    Admin,
+}
+
+/// One public route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: Method,
+    /// Path template; `{name}` is a whole-segment parameter, e.g. `/v1/events/{id}`.
+    pub path: Cow<'static, str>,
+    /// The request/reply subject of the owning service.
+    pub subject: Cow<'static, str>,
+    pub auth: AuthRule,
+    /// Whether the route takes a JSON body (else the service receives `NoBody {}`).
+    pub has_body: bool,
+    /// Schema names of the request and success bodies (components of the OpenAPI document).
+    pub request_schema: Option<&'static str>,
+    pub response_schema: Option<&'static str>,
+    /// The status of a success, for the documentation (the service's reply decides).
+    pub success_status: u16,
+    /// Query parameters the route understands, for the documentation.
+    pub query: &'static [&'static str],
+    /// One line for the documentation.
+    pub summary: &'static str,
+}
+
+impl Route {
+    fn new(method: Method, path: &'static str, subject: &'static str, auth: AuthRule) -> Self {
+        Route {
+            method,
+            path: Cow::Borrowed(path),
+            subject: Cow::Borrowed(subject),
+            auth,
+            has_body: false,
+            request_schema: None,
+            response_schema: None,
+            success_status: 200,
+            query: &[],
+            summary: "",
+        }
+    }
+
+    fn body(mut self, schema: &'static str) -> Self {
+        self.has_body = true;
+        self.request_schema = Some(schema);
+        self
+    }
+
+    fn returns(mut self, status: u16, schema: Option<&'static str>) -> Self {
+        self.success_status = status;
+        self.response_schema = schema;
+        self
+    }
+
+    fn query(mut self, names: &'static [&'static str]) -> Self {
+        self.query = names;
+        self
+    }
+
+    fn summary(mut self, summary: &'static str) -> Self {
+        self.summary = summary;
+        self
+    }
+}
+
+/// The public API.
+pub fn routes() -> Vec<Route> {
+    use AuthRule::{Public, User};
+    vec![
+        Route::new(
+            Method::POST,
+            "/v1/auth/register",
+            auth::RPC_REGISTER,
+            Public,
+        )
+        .body("RegisterRequest")
+        .returns(201, Some("User"))
+        .summary("Create an account"),
+        Route::new(Method::POST, "/v1/auth/login", auth::RPC_LOGIN, Public)
+            .body("LoginRequest")
+            .returns(200, Some("TokenResponse"))
+            .summary("Exchange email and password for tokens"),
+        Route::new(Method::POST, "/v1/auth/refresh", auth::RPC_REFRESH, Public)
+            .body("RefreshRequest")
+            .returns(200, Some("TokenResponse"))
+            .summary("Exchange a refresh token for new tokens (the old one is spent)"),
+        Route::new(Method::POST, "/v1/auth/logout", auth::RPC_LOGOUT, Public)
+            .body("LogoutRequest")
+            .returns(204, None)
+            .summary("Revoke a refresh token"),
+        Route::new(Method::GET, "/v1/me", auth::RPC_ME, User)
+            .returns(200, Some("User"))
+            .summary("The caller's account"),
+        Route::new(Method::POST, "/v1/events", calendar::RPC_CREATE_EVENT, User)
+            .body("CreateEventRequest")
+            .returns(201, Some("Event"))
+            .summary("Create an event organized by the caller"),
+        Route::new(Method::GET, "/v1/events", calendar::RPC_LIST_EVENTS, User)
+            .returns(200, Some("EventPage"))
+            .query(&["from", "to", "mine", "limit", "cursor"])
+            .summary("List events by start time"),
+        Route::new(
+            Method::GET,
+            "/v1/events/{id}",
+            calendar::RPC_GET_EVENT,
+            User,
+        )
+        .returns(200, Some("Event"))
+        .summary("One event"),
+        Route::new(
+            Method::PATCH,
+            "/v1/events/{id}",
+            calendar::RPC_UPDATE_EVENT,
+            User,
+        )
+        .body("UpdateEventRequest")
+        .returns(200, Some("Event"))
+        .summary("Change an event (organizer only)"),
+        Route::new(
+            Method::DELETE,
+            "/v1/events/{id}",
+            calendar::RPC_CANCEL_EVENT,
+            User,
+        )
+        .returns(200, Some("Event"))
+        .summary("Cancel an event (organizer only)"),
+        Route::new(
+            Method::PUT,
+            "/v1/events/{id}/rsvp",
+            calendar::RPC_PUT_RSVP,
+            User,
+        )
+        .body("RsvpRequest")
+        .returns(200, Some("RsvpResult"))
+        .summary("Set the caller's RSVP"),
+        Route::new(
+            Method::GET,
+            "/v1/events/{id}/rsvps",
+            calendar::RPC_LIST_RSVPS,
+            User,
+        )
+        .returns(200, Some("RsvpPage"))
+        .query(&["limit", "cursor"])
+        .summary("List an event's RSVPs"),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A template that cannot be matched.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid route template {template:?}: {reason}")]
+pub struct TemplateError {
+    template: String,
+    reason: &'static str,
+}
+
+fn compile(template: &str) -> Result<Vec<Segment>, TemplateError> {
+    let err = |reason| TemplateError {
+        template: template.to_owned(),
+        reason,
+    };
+    let rest = template
+        .strip_prefix('/')
+        .ok_or_else(|| err("must start with /"))?;
+    rest.split('/')
+        .map(|seg| {
+            if let Some(name) = seg.strip_prefix('{') {
+                let name = name
+                    .strip_suffix('}')
+                    .ok_or_else(|| err("unclosed parameter"))?;
+                if name.is_empty() || name.contains(['{', '}']) {
+                    return Err(err("bad parameter name"));
+                }
+                Ok(Segment::Param(name.to_owned()))
+            } else if seg.is_empty() || seg.contains(['{', '}']) {
+                Err(err("empty segment or stray brace"))
+            } else {
+                Ok(Segment::Literal(seg.to_owned()))
+            }
+        })
+        .collect()
+}
+
+/// A request matched to its route.
+#[derive(Debug)]
+pub struct Matched<'a> {
+    pub route: &'a Route,
+    /// Path parameters by name (ids normalized to lowercase hyphenated UUIDs).
+    pub params: BTreeMap<String, String>,
+}
+
+/// The compiled table the handler matches against.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<(Route, Vec<Segment>)>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Result<Self, TemplateError> {
+        let routes = routes
+            .into_iter()
+            .map(|r| compile(&r.path).map(|segs| (r, segs)))
+            .collect::<Result<_, _>>()?;
+        Ok(RouteTable { routes })
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().map(|(r, _)| r)
+    }
+
+    /// The route for `method` and `path`: `RouteNotFound` when no template matches the
+    /// path, `MethodNotAllowed` (listing the allowed methods) when one does with another
+    /// method, `BadRequest` when an id parameter is not a UUID.
+    pub fn find(&self, method: &Method, path: &str) -> Result<Matched<'_>, ApiError> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(ApiError::RouteNotFound);
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        // Of the templates matching the path, the most literal ones win
+        // (`/v1/events/mine` over `/v1/events/{id}`).
+        let mut best: Option<usize> = None;
+        let mut candidates: Vec<(usize, &(Route, Vec<Segment>))> = Vec::new();
+        for entry in &self.routes {
+            if let Some(literals) = match_segments(&entry.1, &parts) {
+                best = Some(best.map_or(literals, |b| b.max(literals)));
+                candidates.push((literals, entry));
+            }
+        }
+        let Some(best) = best else {
+            return Err(ApiError::RouteNotFound);
+        };
+        let candidates: Vec<&(Route, Vec<Segment>)> = candidates
+            .into_iter()
+            .filter(|(l, _)| *l == best)
+            .map(|(_, e)| e)
+            .collect();
+        let Some((route, segments)) = candidates.iter().find(|(r, _)| r.method == method) else {
+            let mut allow: Vec<Method> = Vec::new();
+            for (r, _) in &candidates {
+                if !allow.contains(&r.method) {
+                    allow.push(r.method.clone());
+                }
+            }
+            return Err(ApiError::MethodNotAllowed { allow });
+        };
+        let mut params = BTreeMap::new();
+        for (segment, value) in segments.iter().zip(&parts) {
+            if let Segment::Param(name) = segment {
+                params.insert(name.clone(), parse_param(name, value)?);
+            }
+        }
+        Ok(Matched { route, params })
+    }
+}
+
+/// The number of literal segments when `parts` fits `segments`.
+fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<usize> {
+    if segments.len() != parts.len() {
+        return None;
+    }
+    let mut literals = 0;
+    for (segment, part) in segments.iter().zip(parts) {
+        match segment {
+            Segment::Literal(l) if l == part => literals += 1,
+            Segment::Param(_) if !part.is_empty() => {}
+            _ => return None,
+        }
+    }
+    Some(literals)
+}
+
+/// Ids (`id`, `*_id`) must be UUIDs; they are passed on in canonical form.
+fn parse_param(name: &str, value: &str) -> Result<String, ApiError> {
+    if name == "id" || name.ends_with("_id") {
+        Uuid::parse_str(value)
+            .map(|u| u.to_string())
+            .map_err(|_| ApiError::BadRequest(format!("path parameter {name} must be a UUID")))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contracts::ErrorCode;
+
+    fn table() -> RouteTable {
+        RouteTable::new(routes()).expect("the built-in table compiles")
+    }
+
+    #[test]
+    fn every_route_matches_its_own_template() {
+        let t = table();
+        let id = Uuid::now_v7().to_string();
+        for r in routes() {
+            let path = r.path.replace("{id}", &id);
+            let m = t.find(&r.method, &path).expect("matches");
+            assert_eq!(m.route.subject, r.subject);
+        }
+    }
+
+    #[test]
+    fn ids_are_extracted_and_normalized() {
+        let t = table();
+        let id = Uuid::now_v7();
+        let upper = id.to_string().to_uppercase();
+        let m = t
+            .find(&Method::PUT, &format!("/v1/events/{upper}/rsvp"))
+            .expect("matches");
+        assert_eq!(m.route.subject, calendar::RPC_PUT_RSVP);
+        assert_eq!(m.params.get("id"), Some(&id.to_string()));
+    }
+
+    #[test]
+    fn bad_ids_are_bad_requests() {
+        let err = table()
+            .find(&Method::GET, "/v1/events/not-a-uuid")
+            .expect_err("rejected");
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn unknown_paths_are_not_found() {
+        let t = table();
+        for path in [
+            "/",
+            "",
+            "/v1",
+            "/v1/events/",
+            "/v1/nope",
+            "//v1/events",
+            "/v1/events/x/y/z",
+        ] {
+            let err = t.find(&Method::GET, path).expect_err(path);
+            assert_eq!(err.code(), ErrorCode::RouteNotFound, "{path}");
+        }
+    }
+
+    #[test]
+    fn wrong_methods_list_the_allowed_ones() {
+        let t = table();
+        let id = Uuid::now_v7();
+        match t.find(&Method::POST, &format!("/v1/events/{id}")) {
+            Err(ApiError::MethodNotAllowed { allow }) => {
+                assert_eq!(allow, vec![Method::GET, Method::PATCH, Method::DELETE]);
+            }
+            other => panic!("expected 405, got {other:?}"),
+        }
+        match t.find(&Method::PUT, "/v1/auth/login") {
+            Err(ApiError::MethodNotAllowed { allow }) => assert_eq!(allow, vec![Method::POST]),
+            other => panic!("expected 405, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn literal_segments_win_over_parameters() {
+        let mut rs = routes();
+        rs.push(Route::new(
+            Method::GET,
+            "/v1/events/mine",
+            "svc.test.mine",
+            AuthRule::User,
+        ));
+        let t = RouteTable::new(rs).expect("compiles");
+        let m = t.find(&Method::GET, "/v1/events/mine").expect("matches");
+        assert_eq!(m.route.subject, "svc.test.mine");
+        assert!(m.params.is_empty());
+    }
+
+    #[test]
+    fn non_id_params_pass_through() {
+        let rs = vec![Route::new(
+            Method::GET,
+            "/v1/tags/{name}",
+            "svc.test.tag",
+            AuthRule::Public,
+        )];
+        let t = RouteTable::new(rs).expect("compiles");
+        let m = t.find(&Method::GET, "/v1/tags/rust").expect("matches");
+        assert_eq!(m.params.get("name").map(String::as_str), Some("rust"));
+    }
+
+    #[test]
+    fn broken_templates_are_rejected() {
+        for bad in ["v1/x", "/v1//x", "/v1/{", "/v1/{}", "/v1/a{b}", "/v1/{a}}"] {
+            let r = Route::new(Method::GET, bad, "svc.x", AuthRule::Public);
+            assert!(RouteTable::new(vec![r]).is_err(), "{bad}");
+        }
+    }
+}

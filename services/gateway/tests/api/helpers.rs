@@ -1,0 +1,415 @@
+//! Test harness: a real nats-server per test, stub responders standing in for the
+//! services, a signing key of our own whose JWKS a stub `svc.auth.v1.jwks` serves, and
+//! the gateway running in-process on a free port.
+
+use std::future::Future;
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use async_nats::HeaderMap;
+use base64::Engine;
+use contracts::Role;
+use contracts::api::{AccessClaims, Jwk, Jwks, TOKEN_AUDIENCE, TOKEN_ISSUER};
+use contracts::rpc::{RpcReply, RpcRequest};
+use contracts::subjects::{self, RPC_QUEUE_GROUP};
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use futures::StreamExt;
+use gateway::{Application, Config};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use runtime::config::CommonConfig;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Installs tracing once: spans always reach an OpenTelemetry tracer (so trace context
+/// is injected into NATS headers as in production); logs print only with `TEST_LOG=1`.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let tracer = provider.tracer("gateway-tests");
+        let fmt = std::env::var("TEST_LOG").is_ok().then(|| {
+            tracing_subscriber::fmt::layer()
+                .compact()
+                .with_test_writer()
+        });
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info,async_nats=warn"))
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(fmt)
+            .try_init();
+    });
+}
+
+fn free_port() -> Result<u16> {
+    let listener = StdListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn nats_server_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/nats-server");
+    if tools.exists() {
+        return tools;
+    }
+    PathBuf::from("/tmp/natsbin/bin/nats-server")
+}
+
+/// A nats-server of our own, killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> Result<Self> {
+        let store = tempfile::tempdir()?;
+        let port = free_port()?;
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nats-server (set NATS_SERVER_BIN)")?;
+        let server = NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = async_nats::connect(&server.url).await {
+                // JetStream answers too, not just the socket.
+                if async_nats::jetstream::new(c).query_account().await.is_ok() {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not come up on {}", server.url);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Ed25519 key signing access tokens, as auth would.
+#[derive(Clone)]
+pub struct Signer {
+    encoding: EncodingKey,
+    public: [u8; 32],
+    pub kid: String,
+}
+
+impl Signer {
+    /// A fresh key named `kid` (a forgery when another signer already uses that kid).
+    pub fn new(kid: &str) -> Self {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = key.to_pkcs8_der().expect("pkcs8");
+        Signer {
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            public: key.verifying_key().to_bytes(),
+            kid: kid.to_owned(),
+        }
+    }
+
+    /// The public key as auth's JWKS lists it.
+    pub fn jwk(&self) -> Jwk {
+        Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.public),
+            kid: self.kid.clone(),
+            alg: "EdDSA".into(),
+            use_: "sig".into(),
+        }
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign")
+    }
+
+    /// A token for `user` valid `ttl_secs` from now (negative: already expired).
+    pub fn token(&self, user: Uuid, role: Role, ttl_secs: i64) -> String {
+        self.sign(&claims(user, role, ttl_secs))
+    }
+}
+
+pub fn claims(user: Uuid, role: Role, ttl_secs: i64) -> AccessClaims {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    AccessClaims {
+        sub: user,
+        role,
+        iss: TOKEN_ISSUER.to_owned(),
+        aud: TOKEN_AUDIENCE.to_owned(),
+        iat: now,
+        exp: now + ttl_secs,
+        jti: Uuid::now_v7(),
+    }
+}
+
+/// What a stub responder received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub headers: Option<HeaderMap>,
+    pub request: RpcRequest<Value>,
+}
+
+/// A stand-in for one service endpoint.
+#[derive(Clone)]
+pub struct Stub {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Stub {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    /// Waits until the stub has received `n` requests.
+    pub async fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "stub saw {} of {n} requests",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Answers requests on `subject` (queue group of the services) with `handler`; `None`
+/// from the handler means never answer.
+pub async fn stub<F, Fut>(nats: &async_nats::Client, subject: &str, handler: F) -> Stub
+where
+    F: Fn(RpcRequest<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<RpcReply<Value>>> + Send + 'static,
+{
+    let mut sub = nats
+        .queue_subscribe(subject.to_owned(), RPC_QUEUE_GROUP.to_owned())
+        .await
+        .expect("subscribe");
+    round_trip(nats).await;
+    let stub = Stub {
+        seen: Arc::new(Mutex::new(Vec::new())),
+    };
+    let seen = stub.seen.clone();
+    let nats = nats.clone();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let request: RpcRequest<Value> =
+                contracts::wire::decode(&msg.payload).expect("gateway sent a valid RpcRequest");
+            seen.lock().expect("lock").push(Seen {
+                headers: msg.headers.clone(),
+                request: request.clone(),
+            });
+            let handler = handler.clone();
+            let nats = nats.clone();
+            tokio::spawn(async move {
+                if let (Some(reply), Some(to)) = (handler(request).await, msg.reply) {
+                    let bytes = contracts::wire::encode(&reply).expect("encode reply");
+                    let _ = nats.publish(to, bytes.into()).await;
+                }
+            });
+        }
+    });
+    stub
+}
+
+/// Returns once the server has processed everything this client sent before.
+/// `Client::flush` only empties the socket buffer: a request from another connection
+/// right after it can still find no subscriber. A message to ourselves comes back only
+/// after the server handled the earlier `SUB`.
+pub async fn round_trip(nats: &async_nats::Client) {
+    let inbox = nats.new_inbox();
+    let mut echo = nats.subscribe(inbox.clone()).await.expect("subscribe");
+    nats.publish(inbox, bytes::Bytes::new())
+        .await
+        .expect("publish");
+    tokio::time::timeout(Duration::from_secs(5), echo.next())
+        .await
+        .expect("echo within 5 s")
+        .expect("echo");
+}
+
+/// A stub answering every request with the same reply.
+pub async fn stub_reply(nats: &async_nats::Client, subject: &str, reply: RpcReply<Value>) -> Stub {
+    stub(nats, subject, move |_| {
+        let reply = reply.clone();
+        async move { Some(reply) }
+    })
+    .await
+}
+
+/// The gateway under test with its surroundings.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub nats: async_nats::Client,
+    pub signer: Signer,
+    /// The key set the JWKS stub serves; tests may rotate it.
+    pub jwks: Arc<Mutex<Jwks>>,
+    pub cancel: CancellationToken,
+    pub server: Option<tokio::task::JoinHandle<()>>,
+    _nats_server: NatsServer,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A valid user token for `user`.
+    pub fn token(&self, user: Uuid) -> String {
+        self.signer.token(user, Role::User, 300)
+    }
+
+    pub fn get(&self, path: &str, user: Uuid) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(self.token(user))
+    }
+
+    pub fn post(&self, path: &str, user: Uuid) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).bearer_auth(self.token(user))
+    }
+
+    /// Stops the gateway; true when it finished draining within 10 s.
+    pub async fn stop(&mut self) -> bool {
+        self.cancel.cancel();
+        match self.server.take() {
+            Some(server) => tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            None => true,
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A gateway with test-friendly settings, changed further by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    init_tracing();
+    let nats_server = NatsServer::start().await.expect("nats-server");
+    let nats = async_nats::connect(&nats_server.url)
+        .await
+        .expect("connect");
+
+    let signer = Signer::new(&format!("k-{}", Uuid::now_v7()));
+    let jwks = Arc::new(Mutex::new(Jwks {
+        keys: vec![signer.jwk()],
+    }));
+    let served = jwks.clone();
+    stub(&nats, subjects::auth::RPC_JWKS, move |_| {
+        let jwks = served.lock().expect("lock").clone();
+        async move { Some(RpcReply::ok(serde_json::to_value(jwks).expect("jwks json"))) }
+    })
+    .await;
+
+    let mut config = Config::new(CommonConfig {
+        nats_url: nats_server.url.clone(),
+        nats_user: None,
+        nats_password: None,
+        http_addr: "127.0.0.1:0".to_owned(),
+        provision: true,
+        shutdown_grace: Duration::from_secs(5),
+    });
+    config.request_timeout = Duration::from_secs(2);
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("gateway builds");
+    let base = format!("http://127.0.0.1:{}", app.http_port());
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            app.run_until_stopped(cancel).await.expect("gateway runs");
+        }
+    });
+    let test_app = TestApp {
+        base,
+        http: reqwest::Client::new(),
+        nats,
+        signer,
+        jwks,
+        cancel,
+        server: Some(server),
+        _nats_server: nats_server,
+    };
+    wait_ready(&test_app).await;
+    test_app
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Polls `/readyz` until the gateway has its key set and bucket.
+async fn wait_ready(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = app.http.get(app.url("/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts a problem+json response with `status` and `code`; returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let status_seen = response.status().as_u16();
+    if status_seen != status {
+        let text = response.text().await.unwrap_or_default();
+        panic!("expected {status}, got {status_seen}: {text}");
+    }
+    let ct = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["code"], code, "body: {body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["type"], format!("/problems/{code}"));
+    body
+}
