@@ -19,11 +19,12 @@ pub enum PromoteError {
 pub async fn promote(database_url: &str, email: &str) -> Result<(), PromoteError> {
     let db = Database::connect(database_url, &crate::migrations()).await?;
     let email = normalize_email(email);
-    let updated = sqlx::query("UPDATE users SET role = 'admin' WHERE email = $1")
-        .bind(&email)
-        .execute(&db.pool)
-        .await?
-        .rows_affected();
+    let updated =
+        sqlx::query("UPDATE users SET role = 'admin', version = version + 1 WHERE email = $1")
+            .bind(&email)
+            .execute(&db.pool)
+            .await?
+            .rows_affected();
     db.pool.close().await;
     if updated == 0 {
         return Err(PromoteError::UnknownUser(email));

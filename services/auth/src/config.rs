@@ -17,6 +17,8 @@ use runtime::config::{self, CommonConfig};
 /// | `OUTBOX_RELAY` | `on` | publish outbox rows; `off` leaves them unpublished (tests) |
 /// | `AUTH_ACCESS_TOKEN_TTL_SECS` | `900` | lifetime of an access token |
 /// | `AUTH_REFRESH_TOKEN_TTL_SECS` | `2592000` (30 days) | lifetime of a refresh token |
+/// | `AUTH_VERIFICATION_TTL_SECS` | `604800` (7 days) | lifetime of the email verification link sent at registration |
+/// | `AUTH_RESET_TTL_SECS` | `1800` | lifetime of a password reset link |
 /// | `AUTH_ADMIN_EMAILS` | empty | comma-separated emails that register as `admin` (case-insensitive) |
 /// | `AUTH_SIGNING_KEY_PEM` | unset | an Ed25519 PKCS#8 PEM private key to sign with instead of the stored one |
 #[derive(Clone)]
@@ -26,6 +28,10 @@ pub struct Config {
     pub outbox_relay: bool,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// How long the verification token of a new account stays usable.
+    pub verification_ttl: Duration,
+    /// How long a password reset token stays usable.
+    pub reset_ttl: Duration,
     /// Lowercased, trimmed.
     pub admin_emails: Vec<String>,
     /// PEM text of a PKCS#8 Ed25519 private key; `None` uses the key in the database.
@@ -41,9 +47,13 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let access_token_ttl = config::secs("AUTH_ACCESS_TOKEN_TTL_SECS", 900)?;
         let refresh_token_ttl = config::secs("AUTH_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?;
+        let verification_ttl = config::secs("AUTH_VERIFICATION_TTL_SECS", 7 * 24 * 3600)?;
+        let reset_ttl = config::secs("AUTH_RESET_TTL_SECS", 1800)?;
         for (name, ttl) in [
             ("AUTH_ACCESS_TOKEN_TTL_SECS", access_token_ttl),
             ("AUTH_REFRESH_TOKEN_TTL_SECS", refresh_token_ttl),
+            ("AUTH_VERIFICATION_TTL_SECS", verification_ttl),
+            ("AUTH_RESET_TTL_SECS", reset_ttl),
         ] {
             if ttl.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -59,6 +69,8 @@ impl Config {
             outbox_relay: config::switch("OUTBOX_RELAY", true)?,
             access_token_ttl,
             refresh_token_ttl,
+            verification_ttl,
+            reset_ttl,
             admin_emails: parse_admin_emails(&config::string("AUTH_ADMIN_EMAILS", "")),
             signing_key_pem: config::var("AUTH_SIGNING_KEY_PEM"),
         })
@@ -92,6 +104,8 @@ impl std::fmt::Debug for Config {
             .field("outbox_relay", &self.outbox_relay)
             .field("access_token_ttl", &self.access_token_ttl)
             .field("refresh_token_ttl", &self.refresh_token_ttl)
+            .field("verification_ttl", &self.verification_ttl)
+            .field("reset_ttl", &self.reset_ttl)
             .field("admin_emails", &self.admin_emails)
             .field(
                 "signing_key_pem",

@@ -1,7 +1,7 @@
 //! The auth context's input types, parsed at the edge: a value of these types is valid
 //! by construction, so the rest of the crate never re-checks it.
 
-use contracts::api::RegisterRequest;
+use contracts::api::{ChannelPreferences, Preferences, RegisterRequest};
 use contracts::{ErrorCode, Problem};
 
 /// Longest address SMTP allows (RFC 5321 path limit).
@@ -142,6 +142,32 @@ impl NewUser {
     }
 }
 
+/// A delivery channel that has its own notification preferences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    Push,
+}
+
+impl Channel {
+    /// The wire names used in unsubscribe links: `email` or `push`.
+    pub fn parse(raw: &str) -> Option<Channel> {
+        match raw {
+            "email" => Some(Channel::Email),
+            "push" => Some(Channel::Push),
+            _ => None,
+        }
+    }
+
+    /// This channel's part of `preferences`.
+    pub fn of(self, preferences: &mut Preferences) -> &mut ChannelPreferences {
+        match self {
+            Channel::Email => &mut preferences.email,
+            Channel::Push => &mut preferences.push,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +240,19 @@ mod tests {
                 vec!["email".into(), "password".into(), "display_name".into()]
             ))
         );
+    }
+
+    #[test]
+    fn channels_select_their_part_of_the_preferences() {
+        use contracts::api::NotificationKind;
+        assert_eq!(Channel::parse("email"), Some(Channel::Email));
+        assert_eq!(Channel::parse("push"), Some(Channel::Push));
+        assert_eq!(Channel::parse("sms"), None);
+        let mut p = Preferences::default();
+        Channel::Push
+            .of(&mut p)
+            .set(NotificationKind::EventChanged, false);
+        assert!(!p.push.event_changed);
+        assert_eq!(p.email, ChannelPreferences::default());
     }
 }

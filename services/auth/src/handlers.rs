@@ -3,6 +3,9 @@
 //! Every handler returns `Result<(status, body), Problem>`: expected failures are
 //! problems with a stable code; unexpected ones go through [`runtime::rpc::internal`],
 //! which logs the cause chain once and answers an opaque 500.
+//!
+//! Accounts and tokens live here; [`account`] holds email verification and password
+//! reset, [`preferences`] the notification preferences and unsubscribe links.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +35,12 @@ use crate::domain::{NewUser, normalize_email};
 use crate::keys::{self, ActiveKey};
 use crate::password::Hasher;
 
-/// Longest refresh token worth looking up; ours are 43 characters.
-const REFRESH_TOKEN_MAX_LEN: usize = 256;
+pub mod account;
+pub mod preferences;
+
+/// Longest token (refresh, verification, reset, unsubscribe) worth looking up; ours are
+/// 43 characters.
+const TOKEN_MAX_LEN: usize = 256;
 
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +55,8 @@ struct Inner {
     waker: RelayWaker,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    verification_ttl: Duration,
+    reset_ttl: Duration,
     admin_emails: Vec<String>,
 }
 
@@ -67,6 +76,8 @@ impl AuthState {
                 waker,
                 access_ttl: config.access_token_ttl,
                 refresh_ttl: config.refresh_token_ttl,
+                verification_ttl: config.verification_ttl,
+                reset_ttl: config.reset_ttl,
                 admin_emails: config.admin_emails.clone(),
             }),
         }
@@ -124,10 +135,48 @@ pub fn endpoints(state: AuthState) -> Vec<Endpoint> {
         ),
         ep!("me", subjects::RPC_ME, Some("GET /v1/me"), me),
         ep!("jwks", subjects::RPC_JWKS, None, jwks),
+        ep!(
+            "verify_email",
+            subjects::RPC_VERIFY_EMAIL,
+            Some("GET /v1/auth/verify-email"),
+            account::verify_email
+        ),
+        ep!(
+            "password_reset_request",
+            subjects::RPC_REQUEST_PASSWORD_RESET,
+            Some("POST /v1/auth/password-reset"),
+            account::request_password_reset
+        ),
+        ep!(
+            "password_reset_confirm",
+            subjects::RPC_CONFIRM_PASSWORD_RESET,
+            Some("POST /v1/auth/password-reset/confirm"),
+            account::confirm_password_reset
+        ),
+        ep!(
+            "preferences_get",
+            subjects::RPC_GET_PREFERENCES,
+            Some("GET /v1/me/preferences"),
+            preferences::get_preferences
+        ),
+        ep!(
+            "preferences_put",
+            subjects::RPC_PUT_PREFERENCES,
+            Some("PUT /v1/me/preferences"),
+            preferences::put_preferences
+        ),
+        ep!(
+            "unsubscribe",
+            subjects::RPC_UNSUBSCRIBE,
+            Some("POST /v1/unsubscribe"),
+            preferences::unsubscribe
+        ),
     ]
 }
 
-/// Creates an account and enqueues `UserRegisteredV1` in the same transaction.
+/// Creates an account and enqueues `UserRegisteredV1` in the same transaction. The
+/// event carries the plain verification token (only its hash is stored) and the
+/// account's unsubscribe token, for the links of the welcome mail.
 #[tracing::instrument(skip_all)]
 pub async fn register(state: &AuthState, request: RpcRequest<RegisterRequest>) -> Reply<User> {
     let s = &state.inner;
@@ -150,31 +199,37 @@ pub async fn register(state: &AuthState, request: RpcRequest<RegisterRequest>) -
         // Stored in microseconds; round now so the reply equals what `me` reads back.
         created_at: from_micros(to_micros(jiff::Timestamp::now())),
     };
+    let verification_token = new_token();
+    let unsubscribe_token = new_token();
+    let created_us = to_micros(user.created_at);
     let event = UserRegisteredV1 {
         meta: EventMeta::new(user.id, 1),
         user_id: user.id,
         email: user.email.clone(),
         display_name: user.display_name.clone(),
         role,
-        verification_token: None,
-        unsubscribe_token: None,
+        verification_token: Some(verification_token.clone()),
+        unsubscribe_token: Some(unsubscribe_token.clone()),
     };
 
     let mut tx = s.db.begin_write().await.map_err(internal)?;
     let inserted = sqlx::query(
-        "INSERT INTO users (id, email, password_hash, display_name, role, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO users \
+         (id, email, password_hash, display_name, role, created_at, unsubscribe_token) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(user.id.to_string())
     .bind(&user.email)
     .bind(&password_hash)
     .bind(&user.display_name)
     .bind(role.as_str())
-    .bind(to_micros(user.created_at))
+    .bind(created_us)
+    .bind(&unsubscribe_token)
     .execute(&mut *tx)
     .await;
     match inserted {
         Ok(_) => {}
+        // The only other unique key is the 256-bit random unsubscribe token.
         Err(e) if is_unique_violation(&e) => {
             return Err(Problem::new(ErrorCode::EmailTaken)
                 .with_detail("an account with this email already exists")
@@ -182,6 +237,17 @@ pub async fn register(state: &AuthState, request: RpcRequest<RegisterRequest>) -
         }
         Err(e) => return Err(internal(e)),
     }
+    sqlx::query(
+        "INSERT INTO email_verifications (token_hash, user_id, expires_at, created_at) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash_token(&verification_token))
+    .bind(user.id.to_string())
+    .bind(created_us.saturating_add(micros(s.verification_ttl)))
+    .bind(created_us)
+    .execute(&mut *tx)
+    .await
+    .map_err(internal)?;
     runtime::outbox::enqueue(&mut tx, &event)
         .await
         .map_err(internal)?;
@@ -225,7 +291,7 @@ pub async fn login(state: &AuthState, request: RpcRequest<LoginRequest>) -> Repl
     };
     let user_id = parse_id(&id)?;
     let role = parse_role(&role)?;
-    let refresh = new_refresh_token();
+    let refresh = new_token();
     let now = jiff::Timestamp::now();
     insert_refresh(&s.db.pool, state, user_id, Uuid::now_v7(), &refresh, now).await?;
     tracing::info!(%user_id, "user logged in");
@@ -246,7 +312,7 @@ pub async fn refresh(
             .with_detail("the refresh token is unknown, expired or revoked")
     };
     let presented = request.body.refresh_token.trim();
-    if presented.is_empty() || presented.len() > REFRESH_TOKEN_MAX_LEN {
+    if presented.is_empty() || presented.len() > TOKEN_MAX_LEN {
         return Err(invalid());
     }
     let hash = hash_token(presented);
@@ -304,7 +370,7 @@ pub async fn refresh(
     let role = parse_role(&role.try_get::<String, _>("role").map_err(internal)?)?;
     let user_id = parse_id(&user_id)?;
     let family = parse_id(&family)?;
-    let next = new_refresh_token();
+    let next = new_token();
     insert_refresh(&mut *tx, state, user_id, family, &next, now).await?;
     tx.commit().await.map_err(internal)?;
     Ok((200, token_response(state, user_id, role, next, now)?))
@@ -315,7 +381,7 @@ pub async fn refresh(
 #[tracing::instrument(skip_all)]
 pub async fn logout(state: &AuthState, request: RpcRequest<LogoutRequest>) -> Reply<NoBody> {
     let presented = request.body.refresh_token.trim();
-    if !presented.is_empty() && presented.len() <= REFRESH_TOKEN_MAX_LEN {
+    if !presented.is_empty() && presented.len() <= TOKEN_MAX_LEN {
         sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
             .bind(to_micros(jiff::Timestamp::now()))
             .bind(hash_token(presented))
@@ -329,9 +395,8 @@ pub async fn logout(state: &AuthState, request: RpcRequest<LogoutRequest>) -> Re
 /// The caller's own account.
 #[tracing::instrument(skip_all)]
 pub async fn me(state: &AuthState, request: RpcRequest<IgnoredAny>) -> Reply<User> {
-    let unauthorized =
-        || Problem::new(ErrorCode::Unauthorized).with_detail("sign in to see your account");
-    let caller = request.caller.ok_or_else(unauthorized)?;
+    let denied = || unauthorized("sign in to see your account");
+    let caller = request.caller.ok_or_else(denied)?;
     let row =
         sqlx::query("SELECT id, email, display_name, role, created_at FROM users WHERE id = $1")
             .bind(caller.user_id.to_string())
@@ -339,7 +404,7 @@ pub async fn me(state: &AuthState, request: RpcRequest<IgnoredAny>) -> Reply<Use
             .await
             .map_err(internal)?;
     // A valid token for a user that no longer exists authenticates nobody.
-    let row = row.ok_or_else(unauthorized)?;
+    let row = row.ok_or_else(denied)?;
     Ok((200, user_from_row(&row)?))
 }
 
@@ -348,6 +413,10 @@ pub async fn me(state: &AuthState, request: RpcRequest<IgnoredAny>) -> Reply<Use
 pub async fn jwks(state: &AuthState, _request: RpcRequest<IgnoredAny>) -> Reply<Jwks> {
     let jwks = keys::published(&state.inner.db).await.map_err(internal)?;
     Ok((200, jwks))
+}
+
+fn unauthorized(detail: &str) -> Problem {
+    Problem::new(ErrorCode::Unauthorized).with_detail(detail)
 }
 
 fn user_from_row(row: &AnyRow) -> Result<User, Problem> {
@@ -380,7 +449,7 @@ fn parse_role(s: &str) -> Result<Role, Problem> {
 }
 
 /// 32 random bytes, base64url without padding (43 characters).
-fn new_refresh_token() -> String {
+fn new_token() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
@@ -462,9 +531,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refresh_tokens_are_43_url_safe_characters_and_unique() {
-        let a = new_refresh_token();
-        let b = new_refresh_token();
+    fn tokens_are_43_url_safe_characters_and_unique() {
+        let a = new_token();
+        let b = new_token();
         assert_eq!(a.len(), 43);
         assert_ne!(a, b);
         assert!(

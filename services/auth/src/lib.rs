@@ -1,18 +1,21 @@
 //! The auth bounded context: accounts (email, argon2id password hash, display name,
 //! role), login with Ed25519-signed access tokens and rotating refresh tokens, and the
-//! JWKS the gateway verifies access tokens with. It owns its database (users, refresh
-//! tokens, signing keys, outbox) and publishes `UserRegisteredV1` to the `AUTH` stream
-//! through the transactional outbox.
+//! JWKS the gateway verifies access tokens with; email verification, password reset and
+//! each user's notification preferences (with one-click unsubscribe tokens). It owns its
+//! database (users, refresh, verification and reset tokens, preferences, signing keys,
+//! outbox) and publishes `UserRegisteredV1`, `PreferencesChangedV1` and
+//! `PasswordResetRequestedV1` to the `AUTH` stream through the transactional outbox.
 //!
 //! API boundary: reached only over NATS request/reply (`svc.auth.v1.*`, see
 //! [`handlers::endpoints`]); the gateway does HTTP. Its own HTTP listener serves only
 //! `/healthz` and `/readyz`.
 //!
 //! - [`config`]: [`Config`] from the environment.
-//! - [`domain`]: parsed inputs (`Email`, `Password`, `DisplayName`).
+//! - [`domain`]: parsed inputs (`Email`, `Password`, `DisplayName`, `Channel`).
 //! - [`password`]: argon2id hashing off the async workers.
 //! - [`keys`]: the stored signing keys, token signing, the JWKS and a verify helper.
-//! - [`handlers`]: the request/reply endpoints.
+//! - [`handlers`]: the request/reply endpoints ([`handlers::account`]: verification and
+//!   password reset; [`handlers::preferences`]: preferences and unsubscribe).
 //! - [`startup`]: [`Application`], which wires it all and drains on shutdown.
 //! - [`cli`]: `mesh-auth promote <email>`.
 

@@ -105,7 +105,7 @@ impl Application {
         let spec = ServiceSpec {
             name: contracts::subjects::auth::SERVICE,
             version: env!("CARGO_PKG_VERSION"),
-            description: "Accounts, passwords and access tokens",
+            description: "Accounts, passwords, access tokens and notification preferences",
             endpoints: endpoints(state),
             max_in_flight: MAX_IN_FLIGHT,
             drain_timeout: config.common.shutdown_grace,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
 use auth::{Application, Config};
+use contracts::DomainEvent;
 use contracts::api::{RegisterRequest, User};
 use contracts::rpc::{RpcReply, RpcRequest};
 use runtime::config::CommonConfig;
@@ -265,6 +266,8 @@ pub fn config(nats_url: &str, database_url: &str, relay: bool) -> Config {
         outbox_relay: relay,
         access_token_ttl: Duration::from_secs(900),
         refresh_token_ttl: Duration::from_secs(3600),
+        verification_ttl: Duration::from_secs(7 * 24 * 3600),
+        reset_ttl: Duration::from_secs(1800),
         admin_emails: vec![ADMIN_EMAIL.to_owned()],
         signing_key_pem: None,
     }
@@ -389,25 +392,36 @@ impl TestApp {
     pub async fn registered_events(
         &self,
     ) -> Result<Vec<(contracts::events::UserRegisteredV1, String)>> {
+        self.events().await
+    }
+
+    /// Every event of type `E` in the AUTH stream, with its `Nats-Msg-Id`, once the
+    /// outbox is drained (so the count is final).
+    pub async fn events<E: DomainEvent>(&self) -> Result<Vec<(E, String)>> {
         let db = self.service()?.db.clone();
         eventually("the outbox to drain", Duration::from_secs(15), || {
             let db = db.clone();
             async move { Ok((runtime::outbox::backlog(&db).await? == 0).then_some(())) }
         })
         .await?;
-        read_registered(&self.js).await
+        read_events(&self.js).await
     }
 }
 
-/// Reads the stream from the start with a pull consumer.
+/// Reads the `UserRegisteredV1` events of the stream from the start.
 pub async fn read_registered(
     js: &jetstream::Context,
 ) -> Result<Vec<(contracts::events::UserRegisteredV1, String)>> {
+    read_events(js).await
+}
+
+/// Reads the events of type `E` from the start of the stream with a pull consumer.
+pub async fn read_events<E: DomainEvent>(js: &jetstream::Context) -> Result<Vec<(E, String)>> {
     use futures::StreamExt;
     let stream = js.get_stream(contracts::subjects::AUTH_STREAM.name).await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: contracts::subjects::auth::USER_REGISTERED_V1.to_owned(),
+            filter_subject: E::SUBJECT.to_owned(),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ack_policy: jetstream::consumer::AckPolicy::None,
             ..Default::default()

@@ -5,9 +5,11 @@ mod helpers;
 
 use anyhow::{Context, Result, bail};
 use contracts::api::{
-    Jwks, LoginRequest, LogoutRequest, RefreshRequest, TOKEN_AUDIENCE, TOKEN_ISSUER, TokenResponse,
+    Accepted, Jwks, LoginRequest, LogoutRequest, NotificationKind, PasswordResetConfirm,
+    PasswordResetRequest, Preferences, RefreshRequest, TOKEN_AUDIENCE, TOKEN_ISSUER, TokenResponse,
     User,
 };
+use contracts::events::{PasswordResetRequestedV1, PreferencesChangedV1, UserRegisteredV1};
 use contracts::rpc::{Caller, NoBody, RpcReply, RpcRequest};
 use contracts::subjects::auth as subjects;
 use contracts::{ErrorCode, Problem, Role};
@@ -48,6 +50,12 @@ both_backends!(
     promote_makes_an_existing_user_admin,
     racing_key_bootstraps_leave_one_active_key,
     a_pem_key_takes_over_and_the_old_key_stays_published,
+    the_verification_token_verifies_the_email_once,
+    unsubscribe_turns_one_kind_off_and_emits_once,
+    preferences_round_trip_with_increasing_versions,
+    racing_preference_writes_get_distinct_versions,
+    password_reset_for_an_unknown_email_is_accepted_silently,
+    password_reset_replaces_the_password_once_and_signs_out,
 );
 
 fn ok<T: std::fmt::Debug>(reply: RpcReply<T>, status: u16) -> Result<T> {
@@ -432,4 +440,365 @@ async fn a_pem_key_takes_over_and_the_old_key_stays_published(backend: Backend) 
     assert!(matches!(bad, Err(auth::keys::KeyError::Pem(_))));
     db.pool.close().await;
     Ok(())
+}
+
+// ---- email verification, preferences, password reset ----
+
+fn caller(user: &User) -> Caller {
+    Caller {
+        user_id: user.id,
+        role: user.role,
+    }
+}
+
+/// The `UserRegisteredV1` of `user`.
+async fn registered(app: &TestApp, user: &User) -> Result<UserRegisteredV1> {
+    app.registered_events()
+        .await?
+        .into_iter()
+        .map(|(e, _)| e)
+        .find(|e| e.user_id == user.id)
+        .context("no UserRegisteredV1 for the user")
+}
+
+async fn verify_email(app: &TestApp, token: Option<&str>) -> Result<RpcReply<Accepted>> {
+    let mut request = RpcRequest::new(NoBody {});
+    if let Some(token) = token {
+        request = request.with_query("token", token);
+    }
+    app.rpc(subjects::RPC_VERIFY_EMAIL, &request).await
+}
+
+async fn verified_at(app: &TestApp, user: &User) -> Result<Option<i64>> {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT email_verified_at FROM users WHERE id = $1")
+        .bind(user.id.to_string())
+        .fetch_one(&app.service()?.db.pool)
+        .await?;
+    Ok(row.try_get("email_verified_at")?)
+}
+
+async fn the_verification_token_verifies_the_email_once(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("proof@example.com", "Proof").await?, 201)?;
+    let late = ok(app.register("late@example.com", "Late").await?, 201)?;
+    let event = registered(&app, &user).await?;
+    let token = event.verification_token.context("no verification token")?;
+    let unsubscribe = event.unsubscribe_token.context("no unsubscribe token")?;
+    assert_eq!(token.len(), 43);
+    assert_ne!(token, unsubscribe);
+    assert_eq!(verified_at(&app, &user).await?, None);
+
+    let verified = ok(verify_email(&app, Some(&token)).await?, 200)?;
+    assert_eq!(verified.status, "verified");
+    assert!(verified_at(&app, &user).await?.is_some());
+
+    // Single use; garbage, a missing token and an expired one are all the same 422.
+    let again = problem(verify_email(&app, Some(&token)).await?)?;
+    assert_eq!(
+        (again.code, again.status),
+        (ErrorCode::ValidationFailed, 422)
+    );
+    assert_eq!(again.errors[0].field, "token");
+    for bad in [Some("nope"), Some(""), None] {
+        let p = problem(verify_email(&app, bad).await?)?;
+        assert_eq!(p.code, ErrorCode::ValidationFailed, "{bad:?}");
+    }
+    let late_token = registered(&app, &late)
+        .await?
+        .verification_token
+        .context("no verification token")?;
+    sqlx::query("UPDATE email_verifications SET expires_at = 0 WHERE user_id = $1")
+        .bind(late.id.to_string())
+        .execute(&app.service()?.db.pool)
+        .await?;
+    let expired = problem(verify_email(&app, Some(&late_token)).await?)?;
+    assert_eq!(expired.code, ErrorCode::ValidationFailed);
+    assert_eq!(verified_at(&app, &late).await?, None);
+    app.shutdown().await
+}
+
+async fn unsubscribe(
+    app: &TestApp,
+    token: &str,
+    kind: &str,
+    channel: Option<&str>,
+) -> Result<RpcReply<Accepted>> {
+    let mut request = RpcRequest::new(NoBody {})
+        .with_query("token", token)
+        .with_query("kind", kind);
+    if let Some(channel) = channel {
+        request = request.with_query("channel", channel);
+    }
+    app.rpc(subjects::RPC_UNSUBSCRIBE, &request).await
+}
+
+async fn get_preferences(app: &TestApp, caller: Option<Caller>) -> Result<RpcReply<Preferences>> {
+    let mut request = RpcRequest::new(NoBody {});
+    request.caller = caller;
+    app.rpc(subjects::RPC_GET_PREFERENCES, &request).await
+}
+
+async fn put_preferences(
+    app: &TestApp,
+    caller: Option<Caller>,
+    preferences: Preferences,
+) -> Result<RpcReply<Preferences>> {
+    let mut request = RpcRequest::new(preferences);
+    request.caller = caller;
+    app.rpc(subjects::RPC_PUT_PREFERENCES, &request).await
+}
+
+/// The `PreferencesChangedV1` events in the stream as (user, version, preferences).
+async fn preference_changes(app: &TestApp) -> Result<Vec<(uuid::Uuid, u64, Preferences)>> {
+    Ok(app
+        .events::<PreferencesChangedV1>()
+        .await?
+        .into_iter()
+        .map(|(e, _)| {
+            assert_eq!(e.meta.aggregate_id, e.user_id);
+            (e.user_id, e.meta.aggregate_version, e.preferences)
+        })
+        .collect())
+}
+
+async fn unsubscribe_turns_one_kind_off_and_emits_once(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("quiet@example.com", "Quiet").await?, 201)?;
+    let token = registered(&app, &user)
+        .await?
+        .unsubscribe_token
+        .context("no unsubscribe token")?;
+
+    let reply = ok(unsubscribe(&app, &token, "rsvp_received", None).await?, 200)?;
+    assert_eq!(reply.status, "unsubscribed");
+    let mut expected = Preferences::default();
+    expected.email.rsvp_received = false;
+    let stored = ok(get_preferences(&app, Some(caller(&user))).await?, 200)?;
+    assert_eq!(stored, expected);
+    assert_eq!(preference_changes(&app).await?, [(user.id, 1, expected)]);
+
+    // Already off: the same answer, no second event.
+    ok(
+        unsubscribe(&app, &token, "rsvp_received", Some("email")).await?,
+        200,
+    )?;
+    assert_eq!(preference_changes(&app).await?.len(), 1);
+
+    // Another channel is its own switch.
+    ok(
+        unsubscribe(&app, &token, "event_changed", Some("push")).await?,
+        200,
+    )?;
+    expected.push.event_changed = false;
+    let changes = preference_changes(&app).await?;
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[1], (user.id, 2, expected));
+
+    let unknown = problem(unsubscribe(&app, "not-a-token", "rsvp_received", None).await?)?;
+    assert_eq!((unknown.code, unknown.status), (ErrorCode::NotFound, 404));
+    for (kind, channel) in [("spam", None), ("", None), ("rsvp_received", Some("sms"))] {
+        let p = problem(unsubscribe(&app, &token, kind, channel).await?)?;
+        assert_eq!((p.code, p.status), (ErrorCode::BadRequest, 400), "{kind}");
+    }
+    assert_eq!(preference_changes(&app).await?.len(), 2);
+    app.shutdown().await
+}
+
+async fn preferences_round_trip_with_increasing_versions(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("prefs@example.com", "Prefs").await?, 201)?;
+    let me = Some(caller(&user));
+    let defaults = ok(get_preferences(&app, me.clone()).await?, 200)?;
+    assert_eq!(defaults, Preferences::default());
+    for kind in NotificationKind::ALL {
+        assert!(defaults.email.allows(kind) && defaults.push.allows(kind));
+    }
+
+    // Putting the defaults changes nothing.
+    ok(put_preferences(&app, me.clone(), defaults).await?, 200)?;
+    assert!(preference_changes(&app).await?.is_empty());
+
+    let mut first = Preferences::default();
+    first.push.rsvp_confirmation = false;
+    first.email.event_changed = false;
+    assert_eq!(
+        ok(put_preferences(&app, me.clone(), first).await?, 200)?,
+        first
+    );
+    assert_eq!(ok(get_preferences(&app, me.clone()).await?, 200)?, first);
+
+    let mut second = first;
+    second.email.event_changed = true;
+    assert_eq!(
+        ok(put_preferences(&app, me.clone(), second).await?, 200)?,
+        second
+    );
+    // Unchanged: stored as is, no event.
+    assert_eq!(
+        ok(put_preferences(&app, me.clone(), second).await?, 200)?,
+        second
+    );
+    assert_eq!(
+        preference_changes(&app).await?,
+        [(user.id, 1, first), (user.id, 2, second)]
+    );
+
+    // Absent channels and kinds are on (the JSON API may omit them).
+    let partial: RpcReply<Preferences> = app
+        .rpc(
+            subjects::RPC_PUT_PREFERENCES,
+            &RpcRequest::new(serde_json::json!({ "email": { "rsvp_received": false } }))
+                .with_caller(caller(&user)),
+        )
+        .await?;
+    let mut third = Preferences::default();
+    third.email.rsvp_received = false;
+    assert_eq!(ok(partial, 200)?, third);
+    let changes = preference_changes(&app).await?;
+    assert_eq!(changes.len(), 3);
+    assert_eq!(changes[2], (user.id, 3, third));
+
+    // Anonymous and unknown callers are 401.
+    let anonymous = problem(get_preferences(&app, None).await?)?;
+    assert_eq!(
+        (anonymous.code, anonymous.status),
+        (ErrorCode::Unauthorized, 401)
+    );
+    let ghost = Some(Caller {
+        user_id: uuid::Uuid::now_v7(),
+        role: Role::User,
+    });
+    let p = problem(put_preferences(&app, ghost.clone(), first).await?)?;
+    assert_eq!(p.code, ErrorCode::Unauthorized);
+    let p = problem(get_preferences(&app, ghost).await?)?;
+    assert_eq!(p.code, ErrorCode::Unauthorized);
+    app.shutdown().await
+}
+
+async fn racing_preference_writes_get_distinct_versions(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("race@example.com", "Race").await?, 201)?;
+    // Six different settings written at once: each must land with its own version.
+    let wanted: Vec<Preferences> = (0..6)
+        .map(|i| {
+            let mut p = Preferences::default();
+            let kind = NotificationKind::ALL[i % 3];
+            if i < 3 {
+                p.email.set(kind, false);
+            } else {
+                p.push.set(kind, false);
+            }
+            p
+        })
+        .collect();
+    let replies = futures::future::join_all(
+        wanted
+            .iter()
+            .map(|p| put_preferences(&app, Some(caller(&user)), *p)),
+    )
+    .await;
+    for (reply, p) in replies.into_iter().zip(&wanted) {
+        assert_eq!(ok(reply?, 200)?, *p);
+    }
+    let mut versions: Vec<u64> = preference_changes(&app)
+        .await?
+        .into_iter()
+        .map(|(_, v, _)| v)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    app.shutdown().await
+}
+
+async fn request_reset(app: &TestApp, email: &str) -> Result<RpcReply<Accepted>> {
+    app.rpc(
+        subjects::RPC_REQUEST_PASSWORD_RESET,
+        &RpcRequest::new(PasswordResetRequest {
+            email: email.to_owned(),
+        }),
+    )
+    .await
+}
+
+async fn confirm_reset(app: &TestApp, token: &str, password: &str) -> Result<RpcReply<NoBody>> {
+    app.rpc(
+        subjects::RPC_CONFIRM_PASSWORD_RESET,
+        &RpcRequest::new(PasswordResetConfirm {
+            token: token.to_owned(),
+            new_password: password.to_owned(),
+        }),
+    )
+    .await
+}
+
+async fn password_reset_for_an_unknown_email_is_accepted_silently(backend: Backend) -> Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    ok(app.register("known@example.com", "Known").await?, 201)?;
+    for email in ["nobody@example.com", "", "not an email"] {
+        let reply = ok(request_reset(&app, email).await?, 202)?;
+        assert_eq!(reply.status, "accepted");
+    }
+    assert!(app.events::<PasswordResetRequestedV1>().await?.is_empty());
+    app.shutdown().await
+}
+
+async fn password_reset_replaces_the_password_once_and_signs_out(backend: Backend) -> Result<()> {
+    const NEW_PASSWORD: &str = "a brand new secret";
+    let app = TestApp::spawn(backend).await?;
+    let user = ok(app.register("forgot@example.com", "Forgot").await?, 201)?;
+    let session = ok(login(&app, "forgot@example.com", PASSWORD).await?, 200)?;
+
+    // Two requests: the second spends the first's token.
+    ok(request_reset(&app, "forgot@example.com").await?, 202)?;
+    ok(request_reset(&app, " FORGOT@example.com ").await?, 202)?;
+    let events = app.events::<PasswordResetRequestedV1>().await?;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (first, second) = (&events[0].0, &events[1].0);
+    assert_eq!(
+        (
+            second.user_id,
+            second.email.as_str(),
+            second.display_name.as_str()
+        ),
+        (user.id, "forgot@example.com", "Forgot")
+    );
+    assert_eq!(second.meta.aggregate_id, user.id);
+    assert!(second.meta.aggregate_version > first.meta.aggregate_version);
+    let ttl = second.expires_at.duration_since(jiff::Timestamp::now());
+    assert!(
+        ttl.as_secs() > 1700 && ttl.as_secs() <= 1800,
+        "expires in {ttl:?}"
+    );
+    let superseded = problem(confirm_reset(&app, &first.token, NEW_PASSWORD).await?)?;
+    assert_eq!(
+        (superseded.code, superseded.errors[0].field.as_str()),
+        (ErrorCode::ValidationFailed, "token")
+    );
+
+    // A weak password is refused without spending the token.
+    let weak = problem(confirm_reset(&app, &second.token, "short").await?)?;
+    assert_eq!((weak.code, weak.status), (ErrorCode::ValidationFailed, 422));
+    let fields: Vec<&str> = weak.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["new_password"]);
+
+    ok(confirm_reset(&app, &second.token, NEW_PASSWORD).await?, 204)?;
+    ok(login(&app, "forgot@example.com", NEW_PASSWORD).await?, 200)?;
+    let old = problem(login(&app, "forgot@example.com", PASSWORD).await?)?;
+    assert_eq!(old.code, ErrorCode::InvalidCredentials);
+    let revoked = problem(refresh(&app, &session.refresh_token).await?)?;
+    assert_eq!(revoked.code, ErrorCode::InvalidRefreshToken);
+    // Reading the mail proved the address.
+    assert!(verified_at(&app, &user).await?.is_some());
+
+    let again = problem(confirm_reset(&app, &second.token, "yet another secret").await?)?;
+    assert_eq!(
+        (again.code, again.status),
+        (ErrorCode::ValidationFailed, 422)
+    );
+    assert_eq!(again.errors[0].field, "token");
+    ok(login(&app, "forgot@example.com", NEW_PASSWORD).await?, 200)?;
+    // Confirming emits nothing.
+    assert_eq!(app.events::<PasswordResetRequestedV1>().await?.len(), 2);
+    app.shutdown().await
 }
