@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use axum::http::Method;
 use contracts::api::{
-    CreateEventRequest, Event, EventPage, Health, HealthCheck, LoginRequest, LogoutRequest,
-    RefreshRequest, RegisterRequest, Rsvp, RsvpPage, RsvpRequest, RsvpResult, TokenResponse,
-    UpdateEventRequest, User,
+    Accepted, ChannelPreferences, CreateEventRequest, Event, EventPage, Health, HealthCheck,
+    LoginRequest, LogoutRequest, Notification, NotificationKind, NotificationPage,
+    PasswordResetConfirm, PasswordResetRequest, Preferences, RefreshRequest, RegisterRequest, Rsvp,
+    RsvpPage, RsvpRequest, RsvpResult, StreamTicket, TokenResponse, UpdateEventRequest, User,
 };
 use contracts::events::{EventStatus, RsvpCounts, RsvpStatus};
 use contracts::{ErrorCode, FieldError, Problem, Role};
@@ -64,6 +65,15 @@ fn schemas() -> Schemas {
     add::<FieldError>(&mut s);
     add::<Health>(&mut s);
     add::<HealthCheck>(&mut s);
+    add::<Preferences>(&mut s);
+    add::<ChannelPreferences>(&mut s);
+    add::<NotificationKind>(&mut s);
+    add::<PasswordResetRequest>(&mut s);
+    add::<PasswordResetConfirm>(&mut s);
+    add::<Accepted>(&mut s);
+    add::<Notification>(&mut s);
+    add::<NotificationPage>(&mut s);
+    add::<StreamTicket>(&mut s);
     s
 }
 

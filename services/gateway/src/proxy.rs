@@ -80,7 +80,9 @@ impl Gateway {
 
         let query = parse_query(&parts)?;
         let idempotency_key = match parts.headers.get(idempotency::HEADER) {
-            Some(v) if parts.method == Method::POST => Some(IdempotencyKey::parse(v)?),
+            Some(v) if parts.method == Method::POST && route.idempotent => {
+                Some(IdempotencyKey::parse(v)?)
+            }
             _ => None,
         };
         let (raw_body, body) = if route.has_body {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::Method;
-use contracts::subjects::{auth, calendar};
+use contracts::subjects::{auth, calendar, push};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -45,6 +45,9 @@ pub struct Route {
     pub query: &'static [&'static str],
     /// One line for the documentation.
     pub summary: &'static str,
+    /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
+    /// (tokens), which must not sit in the shared idempotency store.
+    pub idempotent: bool,
 }
 
 impl Route {
@@ -60,7 +63,13 @@ impl Route {
             success_status: 200,
             query: &[],
             summary: "",
+            idempotent: true,
         }
+    }
+
+    fn secret_response(mut self) -> Self {
+        self.idempotent = false;
+        self
     }
 
     fn body(mut self, schema: &'static str) -> Self {
@@ -102,10 +111,12 @@ pub fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/auth/login", auth::RPC_LOGIN, Public)
             .body("LoginRequest")
             .returns(200, Some("TokenResponse"))
+            .secret_response()
             .summary("Exchange email and password for tokens"),
         Route::new(Method::POST, "/v1/auth/refresh", auth::RPC_REFRESH, Public)
             .body("RefreshRequest")
             .returns(200, Some("TokenResponse"))
+            .secret_response()
             .summary("Exchange a refresh token for new tokens (the old one is spent)"),
         Route::new(Method::POST, "/v1/auth/logout", auth::RPC_LOGOUT, Public)
             .body("LogoutRequest")
@@ -114,6 +125,76 @@ pub fn routes() -> Vec<Route> {
         Route::new(Method::GET, "/v1/me", auth::RPC_ME, User)
             .returns(200, Some("User"))
             .summary("The caller's account"),
+        Route::new(
+            Method::GET,
+            "/v1/me/preferences",
+            auth::RPC_GET_PREFERENCES,
+            User,
+        )
+        .returns(200, Some("Preferences"))
+        .summary("The caller's notification preferences"),
+        Route::new(
+            Method::PUT,
+            "/v1/me/preferences",
+            auth::RPC_PUT_PREFERENCES,
+            User,
+        )
+        .body("Preferences")
+        .returns(200, Some("Preferences"))
+        .summary("Replace the caller's notification preferences (absent kinds are on)"),
+        Route::new(
+            Method::GET,
+            "/v1/auth/verify-email",
+            auth::RPC_VERIFY_EMAIL,
+            Public,
+        )
+        .returns(200, Some("Accepted"))
+        .query(&["token"])
+        .summary("Verify an email address with the token from the welcome mail"),
+        Route::new(
+            Method::POST,
+            "/v1/auth/password-reset",
+            auth::RPC_REQUEST_PASSWORD_RESET,
+            Public,
+        )
+        .body("PasswordResetRequest")
+        .returns(202, Some("Accepted"))
+        .summary("Mail a password reset token (always 202)"),
+        Route::new(
+            Method::POST,
+            "/v1/auth/password-reset/confirm",
+            auth::RPC_CONFIRM_PASSWORD_RESET,
+            Public,
+        )
+        .body("PasswordResetConfirm")
+        .returns(204, None)
+        .summary("Set a new password with a reset token"),
+        Route::new(
+            Method::POST,
+            "/v1/unsubscribe",
+            auth::RPC_UNSUBSCRIBE,
+            Public,
+        )
+        .returns(200, Some("Accepted"))
+        .query(&["token", "kind", "channel"])
+        .summary("One-click unsubscribe (RFC 8058) from one kind of notification"),
+        Route::new(
+            Method::GET,
+            "/v1/notifications",
+            push::RPC_LIST_NOTIFICATIONS,
+            User,
+        )
+        .returns(200, Some("NotificationPage"))
+        .query(&["limit", "cursor", "unread"])
+        .summary("The caller's notifications, newest first"),
+        Route::new(
+            Method::POST,
+            "/v1/notifications/{id}/read",
+            push::RPC_MARK_READ,
+            User,
+        )
+        .returns(200, Some("Notification"))
+        .summary("Mark a notification read"),
         Route::new(Method::POST, "/v1/events", calendar::RPC_CREATE_EVENT, User)
             .body("CreateEventRequest")
             .returns(201, Some("Event"))
