@@ -41,13 +41,13 @@ pub const KNOWN_SERVICES: &[ServiceSpec] = &[
         name: "email",
         binary: "mesh-email",
         http_addr: "127.0.0.1:8083",
-        database: false,
+        database: true,
     },
     ServiceSpec {
         name: "push",
         binary: "mesh-push",
         http_addr: "127.0.0.1:8084",
-        database: false,
+        database: true,
     },
     ServiceSpec {
         name: "gateway",

@@ -996,8 +996,8 @@ impl Drop for ServiceProcess {
 const MESH_SERVICES: &[(&str, bool)] = &[
     ("auth", true),
     ("calendar", true),
-    ("email", false),
-    ("push", false),
+    ("email", true),
+    ("push", true),
     ("gateway", false),
 ];
 
