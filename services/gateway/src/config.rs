@@ -13,7 +13,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `HTTP_ADDR` (default `127.0.0.1:8080`),
-    /// `PROVISION` (create the idempotency bucket at start, default on) and
+    /// `PROVISION` (create the idempotency and stream-ticket buckets at start, default on)
+    /// and
     /// `SHUTDOWN_GRACE_MS` (how long in-flight HTTP requests may take on shutdown).
     pub common: CommonConfig,
     /// `GATEWAY_REQUEST_TIMEOUT_MS` (default 5000): how long a service may take to answer
@@ -50,6 +51,14 @@ pub struct Config {
     /// still marked in flight is taken to be abandoned (its gateway died) and a retry
     /// with the same key may take it over.
     pub idempotency_abandon_after: Duration,
+    /// `GATEWAY_SSE_TICKET_TTL_SECS` (default 60, at least 1): how long a ticket from
+    /// `POST /v1/notifications/stream/ticket` may be used to open a notification stream
+    /// (also the max age of the `gateway_sse_tickets` bucket).
+    pub sse_ticket_ttl: Duration,
+    /// `GATEWAY_SSE_KEEPALIVE_SECS` (default 15, at least 1): how often an idle
+    /// notification stream gets a keep-alive comment, so proxies and load balancers do not
+    /// close it for inactivity.
+    pub sse_keepalive: Duration,
 }
 
 impl Config {
@@ -70,6 +79,8 @@ impl Config {
             cors_origins: Vec::new(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_abandon_after: Duration::from_secs(60),
+            sse_ticket_ttl: Duration::from_secs(60),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 
@@ -112,6 +123,8 @@ impl Config {
                 "GATEWAY_IDEMPOTENCY_IN_FLIGHT_SECS",
                 d.idempotency_abandon_after.as_secs(),
             )?,
+            sse_ticket_ttl: positive_secs("GATEWAY_SSE_TICKET_TTL_SECS", d.sse_ticket_ttl)?,
+            sse_keepalive: positive_secs("GATEWAY_SSE_KEEPALIVE_SECS", d.sse_keepalive)?,
             common: d.common,
         })
     }
@@ -119,6 +132,20 @@ impl Config {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Seconds that must not be zero: a zero bucket max age means "keep forever" to
+/// JetStream, and a zero keep-alive interval would spin.
+fn positive_secs(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = config::secs(name, default.as_secs())?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: "0".to_owned(),
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(d)
 }
 
 /// Splits a comma-separated list, dropping blanks.

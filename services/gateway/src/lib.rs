@@ -6,12 +6,16 @@
 //! - [`routes`]: the route table (data), matched by one generic handler in [`proxy`];
 //! - [`auth`]: the JWKS cache and token checks; [`ratelimit`]: per-user and per-IP limits;
 //! - [`idempotency`]: records in the shared JetStream KV bucket `gateway_idempotency`;
+//! - [`stream`]: the live notification stream (Server-Sent Events fed by a core-NATS
+//!   subscription per stream) and [`tickets`], the single-use tickets in the shared
+//!   bucket `gateway_sse_tickets` that let a browser open it;
 //! - [`error`]: the one error type and its problem+json mapping;
-//! - [`openapi`]: `/openapi.json`, generated from the route table;
+//! - [`openapi`]: `/openapi.json`, generated from the route table and the native routes;
 //! - [`server`]: the HTTP middleware stack; [`Application`]: startup and shutdown.
 //!
-//! Architecture invariant: its only state is the idempotency bucket (shared by every
-//! replica), the JWKS cache and the in-memory rate-limit buckets.
+//! Architecture invariant: its only state is the idempotency and ticket buckets (shared
+//! by every replica), the JWKS cache, the in-memory rate-limit buckets and the open
+//! notification streams.
 
 pub mod auth;
 pub mod config;
@@ -22,6 +26,8 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
+pub mod stream;
+pub mod tickets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +46,8 @@ use auth::KeyStore;
 use idempotency::Idempotency;
 use proxy::Gateway;
 use ratelimit::RateLimits;
+use stream::StreamOptions;
+use tickets::Tickets;
 
 /// The service name used for NATS and health reports.
 pub const SERVICE: &str = "gateway";
@@ -110,11 +118,14 @@ impl Application {
                 config.rate_limit_ip_burst,
             )),
             idempotency: Arc::new(Idempotency::new(config.idempotency_abandon_after)),
+            tickets: Arc::new(Tickets::new(config.sse_ticket_ttl)),
+            streams: StreamOptions::new(config.sse_keepalive),
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
         });
 
         let idem = gateway.idempotency.clone();
+        let tickets = gateway.tickets.clone();
         let readiness = Readiness::new(SERVICE, env!("CARGO_PKG_VERSION"))
             .nats(client)
             .check("jwks", move || {
@@ -129,6 +140,16 @@ impl Application {
             })
             .check("idempotency_store", move || {
                 let ok = idem.is_ready();
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("bucket not ready yet".to_owned())
+                    }
+                }
+            })
+            .check("stream_ticket_store", move || {
+                let ok = tickets.is_ready();
                 async move {
                     if ok {
                         Ok(())
@@ -160,8 +181,9 @@ impl Application {
         self.port
     }
 
-    /// Serves until `cancel`, then stops accepting, lets in-flight requests finish
-    /// (for at most `SHUTDOWN_GRACE_MS`) and stops the background tasks.
+    /// Serves until `cancel`, then stops accepting, ends every notification stream, lets
+    /// in-flight requests finish (for at most `SHUTDOWN_GRACE_MS`) and stops the
+    /// background tasks.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), StartupError> {
         let Application {
             listener,
@@ -180,7 +202,11 @@ impl Application {
                 .run(config.jwks_refresh, background.clone()),
         );
         tokio::spawn(gateway.limits.clone().run_cleaner(background.clone()));
-        tokio::spawn(provision_idempotency(
+        tokio::spawn(stream::watch_reconnects(
+            gateway.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(provision_buckets(
             gateway.clone(),
             config.clone(),
             background.clone(),
@@ -188,11 +214,17 @@ impl Application {
         tracing::info!(port, "gateway listening");
 
         let shutdown = cancel.clone();
+        let streams = gateway.streams.shutdown.clone();
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            // An open stream is a response that never finishes on its own: end them all,
+            // or the graceful shutdown would wait for the whole grace period.
+            streams.cancel();
+        });
         let grace = config.common.shutdown_grace;
         let result = tokio::select! {
             r = server => r.map_err(StartupError::Serve),
@@ -201,6 +233,7 @@ impl Application {
                 Ok(())
             }
         };
+        gateway.streams.shutdown.cancel();
         background.cancel();
         if let Err(e) = gateway.client.drain().await {
             tracing::debug!(error = %e, "NATS drain");
@@ -210,33 +243,48 @@ impl Application {
     }
 }
 
-/// Creates (or, with `PROVISION=off`, looks up) the idempotency bucket, retrying until
-/// JetStream answers; idempotent requests get 503 until then.
-async fn provision_idempotency(gateway: Arc<Gateway>, config: Config, cancel: CancellationToken) {
+/// Creates (or, with `PROVISION=off`, looks up) the idempotency and stream-ticket
+/// buckets, retrying until JetStream answers; the routes needing one get 503 until then.
+async fn provision_buckets(gateway: Arc<Gateway>, config: Config, cancel: CancellationToken) {
     let js = async_nats::jetstream::new(gateway.client.clone());
+    // Each store is handed over as soon as it is ready, independently of the other.
+    let idempotency = async {
+        let store = open_bucket(&js, &config, buckets::IDEMPOTENCY, config.idempotency_ttl).await;
+        gateway.idempotency.set_store(store);
+    };
+    let tickets = async {
+        let store = open_bucket(&js, &config, buckets::SSE_TICKETS, config.sse_ticket_ttl).await;
+        gateway.tickets.set_store(store);
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = futures::future::join(idempotency, tickets) => {}
+    }
+}
+
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    name: &'static str,
+    ttl: Duration,
+) -> async_nats::jetstream::kv::Store {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = if config.common.provision {
-            runtime::nats::provision_bucket(&js, buckets::IDEMPOTENCY, config.idempotency_ttl)
+            runtime::nats::provision_bucket(js, name, ttl)
                 .await
                 .map_err(|e| e.to_string())
         } else {
-            js.get_key_value(buckets::IDEMPOTENCY)
-                .await
-                .map_err(|e| e.to_string())
+            js.get_key_value(name).await.map_err(|e| e.to_string())
         };
         match result {
             Ok(store) => {
-                gateway.idempotency.set_store(store);
-                tracing::debug!(bucket = buckets::IDEMPOTENCY, "idempotency bucket ready");
-                return;
+                tracing::debug!(bucket = name, "bucket ready");
+                return store;
             }
-            Err(e) => tracing::warn!(error = %e, "idempotency bucket not available, retrying"),
+            Err(e) => tracing::warn!(bucket = name, error = %e, "bucket not available, retrying"),
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -1,5 +1,6 @@
-//! `GET /openapi.json`, generated from the route table and the contracts' schemas, so
-//! the document cannot drift from what the gateway actually routes.
+//! `GET /openapi.json`, generated from the route table, the gateway's own routes and the
+//! contracts' schemas, so the document cannot drift from what the gateway actually
+//! routes.
 
 use std::collections::BTreeMap;
 
@@ -18,17 +19,21 @@ use utoipa::openapi::path::{
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ComponentsBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     Content, InfoBuilder, KnownFormat, OpenApi, OpenApiBuilder, Ref, RefOr, Required,
     ResponseBuilder,
 };
 
 use crate::error::PROBLEM_JSON;
-use crate::routes::{AuthRule, Route, RouteTable};
+use crate::routes::{AuthRule, NativeRoute, Route, RouteTable, native_routes};
 
 /// Name of the bearer security scheme.
 const BEARER: &str = "bearer";
+/// Name of the stream-ticket security scheme (only the notification stream takes it).
+const TICKET: &str = "stream_ticket";
 
 type Schemas = BTreeMap<String, RefOr<Schema>>;
 
@@ -219,6 +224,55 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
     op.build()
 }
 
+/// The operation of a route the gateway answers itself.
+fn native_operation(route: &NativeRoute) -> utoipa::openapi::path::Operation {
+    let tag = route.path.split('/').nth(2).unwrap_or("api");
+    let mut op = OperationBuilder::new()
+        .tag(tag)
+        .summary(Some(route.summary))
+        .description(Some(route.description))
+        .operation_id(Some(route.operation_id));
+    for name in route.query {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(*name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .schema(Some(string_schema(None))),
+        );
+    }
+    for name in route.headers {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(*name)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .schema(Some(string_schema(None))),
+        );
+    }
+    op = op.response(
+        route.success_status.to_string(),
+        ResponseBuilder::new()
+            .description("Success")
+            .content(
+                route.response_content_type,
+                Content::new(Some(Ref::from_schema_name(route.response_schema))),
+            )
+            .build(),
+    );
+    for status in route.error_statuses {
+        op = op.response(status.to_string(), problem_response(*status));
+    }
+    if route.auth != AuthRule::Public {
+        // Alternatives: a bearer token, or (where accepted) a ticket.
+        op = op.security(SecurityRequirement::new(BEARER, Vec::<String>::new()));
+        if route.accepts_ticket {
+            op = op.security(SecurityRequirement::new(TICKET, Vec::<String>::new()));
+        }
+    }
+    op.build()
+}
+
 /// The whole document.
 pub fn document(routes: &RouteTable) -> OpenApi {
     let mut paths = PathsBuilder::new();
@@ -231,6 +285,12 @@ pub fn document(routes: &RouteTable) -> OpenApi {
             route.path.to_string(),
             PathItem::new(method, operation(route)),
         );
+    }
+    for route in native_routes() {
+        let Some(method) = http_method(&route.method) else {
+            continue;
+        };
+        paths = paths.path(route.path, PathItem::new(method, native_operation(&route)));
     }
     for (path, summary) in [
         ("/healthz", "Liveness: the process runs"),
@@ -256,6 +316,13 @@ pub fn document(routes: &RouteTable) -> OpenApi {
                     .bearer_format("JWT")
                     .build(),
             ),
+        )
+        .security_scheme(
+            TICKET,
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "ticket",
+                "A single-use ticket from `POST /v1/notifications/stream/ticket`",
+            ))),
         )
         .build();
     OpenApiBuilder::new()
@@ -312,5 +379,30 @@ mod tests {
             assert!(schemas[name].is_object(), "schema {name} missing");
         }
         assert!(json["components"]["securitySchemes"][BEARER].is_object());
+        assert!(json["components"]["securitySchemes"][TICKET].is_object());
+    }
+
+    #[test]
+    fn native_routes_are_documented() {
+        let table = RouteTable::new(routes()).expect("compiles");
+        let json = serde_json::to_value(document(&table)).expect("serializes");
+        for route in native_routes() {
+            let method = route.method.as_str().to_lowercase();
+            let op = &json["paths"][route.path][&method];
+            assert!(op.is_object(), "{} {} missing", route.method, route.path);
+            let content = &op["responses"][route.success_status.to_string()]["content"];
+            assert_eq!(
+                content[route.response_content_type]["schema"]["$ref"],
+                format!("#/components/schemas/{}", route.response_schema)
+            );
+            assert!(json["components"]["schemas"][route.response_schema].is_object());
+            assert!(op["security"].is_array());
+        }
+        let stream = &json["paths"]["/v1/notifications/stream"]["get"];
+        assert_eq!(stream["security"].as_array().map(Vec::len), Some(2));
+        assert!(
+            stream["responses"]["200"]["content"]["text/event-stream"].is_object(),
+            "{stream}"
+        );
     }
 }

@@ -23,6 +23,8 @@ use crate::error::{ApiError, PROBLEM_JSON};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyKey, StoredResponse};
 use crate::ratelimit::{RateKey, RateLimits};
 use crate::routes::{Matched, RouteTable};
+use crate::stream::StreamOptions;
+use crate::tickets::Tickets;
 
 /// The request id header set (or kept) by the request-id layer.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -34,6 +36,10 @@ pub struct Gateway {
     pub keys: Arc<KeyStore>,
     pub limits: Arc<RateLimits>,
     pub idempotency: Arc<Idempotency>,
+    /// Tickets that open a notification stream (see [`crate::tickets`]).
+    pub tickets: Arc<Tickets>,
+    /// Settings of the notification streams (see [`crate::stream`]).
+    pub streams: StreamOptions,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
 }
@@ -276,7 +282,7 @@ fn client_ip(parts: &Parts) -> IpAddr {
 }
 
 /// Query parameters; the last value of a repeated key wins.
-fn parse_query(parts: &Parts) -> Result<BTreeMap<String, String>, ApiError> {
+pub(crate) fn parse_query(parts: &Parts) -> Result<BTreeMap<String, String>, ApiError> {
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
         .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?;
     Ok(pairs.into_iter().collect())

@@ -4,6 +4,10 @@
 //! document is generated from the same table. [`routes`] builds the table in one place
 //! so it can later be fed from the services' discovery metadata (`$SRV.INFO`, endpoint
 //! metadata `{"http": "PUT /v1/events/{id}/rsvp"}`) instead.
+//!
+//! A few routes are answered by the gateway itself and are *not* in the table:
+//! [`native_routes`] lists them for the documentation (the notification stream and its
+//! tickets, served by [`crate::stream`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -249,6 +253,76 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// A route the gateway answers itself instead of forwarding it (not in the route table;
+/// listed for the OpenAPI document).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeRoute {
+    pub method: Method,
+    pub path: &'static str,
+    pub auth: AuthRule,
+    /// Whether a stream ticket (`?ticket=`) is accepted instead of a bearer token.
+    pub accepts_ticket: bool,
+    pub success_status: u16,
+    /// Media type and schema of a success (for a stream: of each event's data).
+    pub response_content_type: &'static str,
+    pub response_schema: &'static str,
+    pub query: &'static [&'static str],
+    /// Request headers the route understands besides `Authorization`.
+    pub headers: &'static [&'static str],
+    pub error_statuses: &'static [u16],
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    pub description: &'static str,
+}
+
+/// The routes the gateway answers itself.
+pub fn native_routes() -> Vec<NativeRoute> {
+    use crate::stream::{STREAM_PATH, TICKET_PATH};
+    vec![
+        NativeRoute {
+            method: Method::POST,
+            path: TICKET_PATH,
+            auth: AuthRule::User,
+            accepts_ticket: false,
+            success_status: 201,
+            response_content_type: "application/json",
+            response_schema: "StreamTicket",
+            query: &[],
+            headers: &[],
+            error_statuses: &[401, 429, 500, 503, 504],
+            operation_id: "gateway_notifications_stream_ticket",
+            summary: "A single-use ticket to open the notification stream from a browser",
+            description: "Answered by the gateway. `EventSource` cannot send an \
+                          `Authorization` header: open `GET /v1/notifications/stream?ticket=…` \
+                          with this ticket instead, within `expires_in` seconds. A ticket \
+                          opens one stream, on any gateway replica.",
+        },
+        NativeRoute {
+            method: Method::GET,
+            path: STREAM_PATH,
+            auth: AuthRule::User,
+            accepts_ticket: true,
+            success_status: 200,
+            response_content_type: "text/event-stream",
+            response_schema: "Notification",
+            query: &["ticket", "last_event_id"],
+            headers: &["Last-Event-ID"],
+            error_statuses: &[400, 401, 429, 500, 503, 504],
+            operation_id: "gateway_notifications_stream",
+            summary: "The caller's new notifications, live, as Server-Sent Events",
+            description: "Answered by the gateway. Each notification is an event with \
+                          `id: <notification id>`, `event: notification` and the \
+                          `Notification` as JSON in `data`. With `Last-Event-ID` (header, or \
+                          query `last_event_id`) the notifications missed since that id come \
+                          first, oldest first, without duplicates. An `event: warning` \
+                          (plain text) says when missed notifications cannot be loaded; the \
+                          stream then carries new ones only. Comments keep an idle stream \
+                          alive. Authenticate with a bearer token or a ticket from \
+                          `POST /v1/notifications/stream/ticket`.",
+        },
+    ]
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
@@ -406,6 +480,23 @@ mod tests {
             let path = r.path.replace("{id}", &id);
             let m = t.find(&r.method, &path).expect("matches");
             assert_eq!(m.route.subject, r.subject);
+        }
+    }
+
+    #[test]
+    fn native_routes_stay_out_of_the_table() {
+        let t = table();
+        for r in native_routes() {
+            assert!(
+                routes()
+                    .iter()
+                    .all(|f| f.path != r.path || f.method != r.method),
+                "{} {} is both native and forwarded",
+                r.method,
+                r.path
+            );
+            assert!(compile(r.path).is_ok(), "{}", r.path);
+            assert!(t.find(&r.method, r.path).is_err(), "{}", r.path);
         }
     }
 

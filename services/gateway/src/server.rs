@@ -1,6 +1,10 @@
 //! The HTTP stack: the generic handler behind request ids, tracing, CORS, the request
-//! timeout and the problem+json safety net; health, readiness and the OpenAPI document
-//! beside it.
+//! timeout and the problem+json safety net; the gateway's own notification-stream routes,
+//! health, readiness and the OpenAPI document beside it.
+//!
+//! The request timeout bounds producing the response (for a stream: authentication,
+//! subscribing and the response headers), not the body: a notification stream stays
+//! open after its headers are sent, and ends on shutdown or when the client leaves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use runtime::health::Readiness;
 use tower::ServiceBuilder;
@@ -23,6 +27,7 @@ use tracing::Span;
 use crate::error::{ApiError, problemize};
 use crate::idempotency;
 use crate::proxy::{self, Gateway, REQUEST_ID_HEADER};
+use crate::stream;
 
 /// Settings of the HTTP stack.
 #[derive(Debug, Clone)]
@@ -39,6 +44,9 @@ pub fn router(
     options: &HttpOptions,
 ) -> Router {
     let mut app = Router::new()
+        // Answered by the gateway itself; everything else goes through the route table.
+        .route(stream::STREAM_PATH, get(stream::open))
+        .route(stream::TICKET_PATH, post(stream::issue_ticket))
         .fallback(proxy::handle)
         .with_state(gateway)
         .merge(runtime::health::router(readiness))
@@ -101,7 +109,8 @@ fn on_response(response: &Response, latency: Duration, span: &Span) {
     );
 }
 
-/// Bounds the whole request; answers 504 `timeout` as problem+json.
+/// Bounds the time to a response (headers); answers 504 `timeout` as problem+json. A
+/// response body still streaming afterwards (a notification stream) is not cut.
 async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
@@ -144,6 +153,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 HeaderName::from_static(idempotency::HEADER),
                 HeaderName::from_static(REQUEST_ID_HEADER),
+                // Sent by `EventSource` when it reconnects to the notification stream.
+                HeaderName::from_static("last-event-id"),
             ])
             .expose_headers([
                 HeaderName::from_static(REQUEST_ID_HEADER),

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use async_nats::HeaderMap;
 use base64::Engine;
 use contracts::Role;
-use contracts::api::{AccessClaims, Jwk, Jwks, TOKEN_AUDIENCE, TOKEN_ISSUER};
+use contracts::api::{AccessClaims, Jwk, Jwks, Notification, TOKEN_AUDIENCE, TOKEN_ISSUER};
 use contracts::rpc::{RpcReply, RpcRequest};
 use contracts::subjects::{self, RPC_QUEUE_GROUP};
 use ed25519_dalek::SigningKey;
@@ -72,38 +72,58 @@ fn nats_server_bin() -> PathBuf {
 pub struct NatsServer {
     child: Child,
     pub url: String,
+    port: u16,
     _store: tempfile::TempDir,
 }
 
 impl NatsServer {
-    pub async fn start() -> Result<Self> {
-        let store = tempfile::tempdir()?;
-        let port = free_port()?;
-        let child = Command::new(nats_server_bin())
+    fn spawn(port: u16, store: &std::path::Path) -> Result<Child> {
+        Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
+            .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start nats-server (set NATS_SERVER_BIN)")?;
+            .context("cannot start nats-server (set NATS_SERVER_BIN)")
+    }
+
+    pub async fn start() -> Result<Self> {
+        let store = tempfile::tempdir()?;
+        let port = free_port()?;
+        let child = Self::spawn(port, store.path())?;
         let server = NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
+            port,
             _store: store,
         };
+        server.wait_up().await?;
+        Ok(server)
+    }
+
+    async fn wait_up(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(c) = async_nats::connect(&server.url).await {
+            if let Ok(c) = async_nats::connect(&self.url).await {
                 // JetStream answers too, not just the socket.
                 if async_nats::jetstream::new(c).query_account().await.is_ok() {
-                    return Ok(server);
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("nats-server did not come up on {}", server.url);
+                bail!("nats-server did not come up on {}", self.url);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Kills the server and starts it again on the same port and store (every client
+    /// sees a disconnect, then reconnects).
+    pub async fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, self._store.path())?;
+        self.wait_up().await
     }
 }
 
@@ -277,6 +297,8 @@ pub async fn stub_reply(nats: &async_nats::Client, subject: &str, reply: RpcRepl
 /// The gateway under test with its surroundings.
 pub struct TestApp {
     pub base: String,
+    /// The nats-server every replica of this test connects to.
+    pub nats_url: String,
     pub http: reqwest::Client,
     pub nats: async_nats::Client,
     pub signer: Signer,
@@ -303,6 +325,14 @@ impl TestApp {
 
     pub fn post(&self, path: &str, user: Uuid) -> reqwest::RequestBuilder {
         self.http.post(self.url(path)).bearer_auth(self.token(user))
+    }
+
+    /// Restarts the nats-server under every client's feet.
+    pub async fn restart_nats(&mut self) {
+        self._nats_server
+            .restart()
+            .await
+            .expect("nats-server restarts");
     }
 
     /// Stops the gateway; true when it finished draining within 10 s.
@@ -352,17 +382,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     });
     config.request_timeout = Duration::from_secs(2);
     adjust(&mut config);
-    let app = Application::build(config).await.expect("gateway builds");
-    let base = format!("http://127.0.0.1:{}", app.http_port());
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            app.run_until_stopped(cancel).await.expect("gateway runs");
-        }
-    });
+    let (base, cancel, server) = start_gateway(config).await;
     let test_app = TestApp {
         base,
+        nats_url: nats_server.url.clone(),
         http: reqwest::Client::new(),
         nats,
         signer,
@@ -375,15 +398,75 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     test_app
 }
 
+/// Builds and runs a gateway in-process: its base URL, its stop token and its task.
+async fn start_gateway(config: Config) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
+    let app = Application::build(config).await.expect("gateway builds");
+    let base = format!("http://127.0.0.1:{}", app.http_port());
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            app.run_until_stopped(cancel).await.expect("gateway runs");
+        }
+    });
+    (base, cancel, server)
+}
+
+/// Another gateway process on the same nats-server (a second replica).
+pub struct Replica {
+    pub base: String,
+    cancel: CancellationToken,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl TestApp {
+    /// Starts a second gateway next to this one, sharing its nats-server (and so its
+    /// buckets and the JWKS stub), and waits until it is ready.
+    pub async fn spawn_replica(&self) -> Replica {
+        let config = Config::new(CommonConfig {
+            nats_url: self.nats_url.clone(),
+            nats_user: None,
+            nats_password: None,
+            http_addr: "127.0.0.1:0".to_owned(),
+            provision: true,
+            shutdown_grace: Duration::from_secs(5),
+        });
+        let (base, cancel, server) = start_gateway(config).await;
+        let replica = Replica {
+            base,
+            cancel,
+            _server: server,
+        };
+        wait_ready_at(&self.http, &replica.base).await;
+        replica
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Polls `/readyz` until the gateway has its key set and bucket.
+/// Polls `/readyz` until the gateway has its key set and buckets.
 async fn wait_ready(app: &TestApp) {
+    wait_ready_at(&app.http, &app.base).await;
+}
+
+async fn wait_ready_at(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(r) = app.http.get(app.url("/readyz")).send().await
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
             && r.status() == 200
         {
             return;
@@ -412,4 +495,164 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
     assert_eq!(body["status"], status);
     assert_eq!(body["type"], format!("/problems/{code}"));
     body
+}
+
+/// One Server-Sent Event as the client sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data of a `notification` event.
+    pub fn notification(&self) -> Notification {
+        assert_eq!(self.event.as_deref(), Some("notification"), "{self:?}");
+        serde_json::from_str(&self.data).expect("notification JSON")
+    }
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// Reads an SSE response event by event (a small parser of the `text/event-stream`
+/// format: fields per line, events separated by a blank line, `:` comments).
+pub struct SseReader {
+    body: ByteStream,
+    buffer: Vec<u8>,
+    /// Comment lines (keep-alives) seen so far.
+    pub comments: usize,
+    ended: bool,
+}
+
+impl SseReader {
+    /// Wraps a response after checking it is a 200 event stream.
+    pub async fn new(response: reqwest::Response) -> Self {
+        let status = response.status();
+        if status != 200 {
+            let text = response.text().await.unwrap_or_default();
+            panic!("expected a stream, got {status}: {text}");
+        }
+        let ct = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
+        SseReader {
+            body: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+            comments: 0,
+            ended: false,
+        }
+    }
+
+    /// Parses one complete block out of the buffer, if there is one. Blocks of comments
+    /// only (keep-alives) yield `Some(None)`.
+    fn parse_block(&mut self) -> Option<Option<SseEvent>> {
+        let end = self.buffer.windows(2).position(|w| w == b"\n\n")?;
+        let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+        let text = String::from_utf8(block).expect("UTF-8 stream");
+        let mut event = SseEvent::default();
+        let mut data: Vec<&str> = Vec::new();
+        let mut is_event = false;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            is_event = true;
+            match field {
+                "id" => event.id = Some(value.to_owned()),
+                "event" => event.event = Some(value.to_owned()),
+                "data" => data.push(value),
+                _ => {}
+            }
+        }
+        event.data = data.join("\n");
+        Some(is_event.then_some(event))
+    }
+
+    /// The next event (comments skipped) within `within`; `None` when the stream ended.
+    pub async fn next_event_within(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(block) = self.parse_block() {
+                if let Some(event) = block {
+                    return Some(event);
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => panic!("no event within {within:?}"),
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => panic!("stream failed: {e}"),
+                Ok(None) => self.ended = true,
+            }
+        }
+    }
+
+    /// The next event within 5 s; panics when the stream ended.
+    pub async fn next_event(&mut self) -> SseEvent {
+        self.next_event_within(Duration::from_secs(5))
+            .await
+            .expect("stream ended early")
+    }
+
+    /// Asserts that no event arrives for `quiet` (comments are fine).
+    pub async fn assert_quiet(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            while let Some(block) = self.parse_block() {
+                if let Some(event) = block {
+                    panic!("unexpected event {event:?}");
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => panic!("stream failed: {e}"),
+                Ok(None) => panic!("stream ended"),
+            }
+        }
+    }
+
+    /// Waits (at most `within`) until the server ends the stream, skipping what is left.
+    pub async fn wait_end(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return false,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return true,
+            }
+        }
+    }
+}
+
+/// A notification for tests (ids made now, so later ones compare greater).
+pub fn notification(title: &str) -> Notification {
+    serde_json::from_value(serde_json::json!({
+        "id": Uuid::now_v7(),
+        "kind": "rsvp_received",
+        "title": title,
+        "body": format!("body of {title}"),
+        "created_at": "2030-01-01T10:00:00Z",
+    }))
+    .expect("notification")
+}
+
+/// Publishes `n` as push does, on `user`'s live subject, and waits until the server has
+/// handled it (so a later message from this client cannot overtake it).
+pub async fn publish_live(nats: &async_nats::Client, user: Uuid, n: &Notification) {
+    let payload = contracts::wire::encode(n).expect("encode");
+    nats.publish(subjects::push::live_subject(&user), payload.into())
+        .await
+        .expect("publish");
+    round_trip(nats).await;
 }

@@ -7,3 +7,4 @@ mod helpers;
 mod idempotency;
 mod limits;
 mod platform;
+mod stream;

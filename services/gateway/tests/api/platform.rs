@@ -69,6 +69,27 @@ async fn openapi_lists_every_route() {
         let problem = &op["responses"]["500"]["content"]["application/problem+json"]["schema"];
         assert_eq!(problem["$ref"], "#/components/schemas/Problem");
     }
+    // The routes the gateway answers itself are documented too.
+    for route in gateway::routes::native_routes() {
+        let op = &doc["paths"][route.path][route.method.as_str().to_lowercase()];
+        let success = &op["responses"][route.success_status.to_string()]["content"];
+        assert!(
+            success[route.response_content_type].is_object(),
+            "{} {} not documented",
+            route.method,
+            route.path
+        );
+    }
+    assert_eq!(
+        doc["paths"]["/v1/notifications/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Notification"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/notifications/stream/ticket"]["post"]["responses"]["201"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/StreamTicket"
+    );
     for schema in [
         "RegisterRequest",
         "TokenResponse",

@@ -1,0 +1,453 @@
+//! The live notification stream: SSE over core NATS, resume with `Last-Event-ID`,
+//! tickets for browsers, several replicas, and shutdown.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use contracts::api::Notification;
+use contracts::rpc::RpcReply;
+use contracts::subjects::buckets;
+use contracts::subjects::push;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::helpers::{
+    SseReader, TestApp, assert_problem, notification, publish_live, spawn_app, spawn_app_with, stub,
+};
+
+const STREAM: &str = "/v1/notifications/stream";
+const TICKET: &str = "/v1/notifications/stream/ticket";
+
+/// Opens a stream for `user` with a bearer token.
+async fn open(app: &TestApp, user: Uuid) -> SseReader {
+    SseReader::new(app.get(STREAM, user).send().await.expect("send")).await
+}
+
+/// A `since` stub answering from `stored` (oldest first, after `after`, at most
+/// `limit`), as push would; each request first waits for a permit from `gate`.
+async fn since_stub(
+    app: &TestApp,
+    stored: Vec<Notification>,
+    gate: Arc<Semaphore>,
+) -> crate::helpers::Stub {
+    let stored = Arc::new(stored);
+    stub(&app.nats, push::RPC_NOTIFICATIONS_SINCE, move |request| {
+        let stored = stored.clone();
+        let gate = gate.clone();
+        async move {
+            gate.acquire().await.expect("gate").forget();
+            let after: Uuid = request.body["after"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("after is a UUID");
+            let limit = request.body["limit"].as_u64().expect("limit") as usize;
+            let page: Vec<&Notification> =
+                stored.iter().filter(|n| n.id > after).take(limit).collect();
+            Some(RpcReply::ok(serde_json::to_value(page).expect("json")))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_notification_reaches_its_user_only() {
+    let app = spawn_app().await;
+    let alice = Uuid::now_v7();
+    let bob = Uuid::now_v7();
+    let mut alice_stream = open(&app, alice).await;
+    let mut bob_stream = open(&app, bob).await;
+
+    // Bob's goes first: had it leaked, it would be the first event Alice sees.
+    let for_bob = notification("for bob");
+    let for_alice = notification("for alice");
+    publish_live(&app.nats, bob, &for_bob).await;
+    publish_live(&app.nats, alice, &for_alice).await;
+
+    let event = alice_stream.next_event().await;
+    assert_eq!(event.id, Some(for_alice.id.to_string()));
+    assert_eq!(event.event.as_deref(), Some("notification"));
+    assert_eq!(event.notification(), for_alice);
+    let raw: Value = serde_json::from_str(&event.data).expect("json");
+    assert_eq!(raw["title"], "for alice");
+    assert_eq!(bob_stream.next_event().await.notification(), for_bob);
+    alice_stream.assert_quiet(Duration::from_millis(300)).await;
+    bob_stream.assert_quiet(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn every_replica_delivers_to_its_own_clients() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let user = Uuid::now_v7();
+    let mut on_first = open(&app, user).await;
+    let on_second = app
+        .http
+        .get(replica.url(STREAM))
+        .bearer_auth(app.token(user))
+        .send()
+        .await
+        .expect("send");
+    let mut on_second = SseReader::new(on_second).await;
+
+    let n = notification("to both");
+    publish_live(&app.nats, user, &n).await;
+
+    assert_eq!(on_first.next_event().await.notification(), n);
+    assert_eq!(on_second.next_event().await.notification(), n);
+}
+
+#[tokio::test]
+async fn reconnecting_gets_the_missed_ones_then_live_without_duplicates() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let seen_before = notification("already seen");
+    let missed: Vec<Notification> = (1..=3).map(|i| notification(&format!("m{i}"))).collect();
+    let mut stored = vec![seen_before.clone()];
+    stored.extend(missed.iter().cloned());
+    // The stub holds its answer until the test lets it go.
+    let gate = Arc::new(Semaphore::new(0));
+    let since = since_stub(&app, stored, gate.clone()).await;
+
+    let response = app
+        .get(STREAM, user)
+        .header("last-event-id", seen_before.id.to_string())
+        .send()
+        .await
+        .expect("send");
+    let mut stream = SseReader::new(response).await;
+    since.wait_for(1).await;
+    let request = &since.seen()[0].request;
+    assert_eq!(request.caller.as_ref().map(|c| c.user_id), Some(user));
+    assert_eq!(request.body["after"], seen_before.id.to_string());
+    assert_eq!(request.body["limit"], 500);
+
+    // While the backlog is being fetched, the last missed one is also published live
+    // (overlap), and so is a new one.
+    publish_live(&app.nats, user, &missed[2]).await;
+    let fresh = notification("new while fetching");
+    publish_live(&app.nats, user, &fresh).await;
+    gate.add_permits(1);
+
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(stream.next_event().await.notification());
+    }
+    let mut expected = missed.clone();
+    expected.push(fresh);
+    assert_eq!(got, expected);
+
+    let later = notification("later");
+    publish_live(&app.nats, user, &later).await;
+    let event = stream.next_event().await;
+    assert_eq!(event.id, Some(later.id.to_string()));
+    stream.assert_quiet(Duration::from_millis(300)).await;
+    assert_eq!(since.count(), 1, "one page was enough");
+}
+
+#[tokio::test]
+async fn a_long_backlog_is_paged() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let first = notification("seen");
+    let mut missed: Vec<Notification> = (0..520).map(|i| notification(&format!("{i}"))).collect();
+    missed.sort_by_key(|n| n.id);
+    let mut stored = vec![first.clone()];
+    stored.extend(missed.iter().cloned());
+    let since = since_stub(&app, stored, Arc::new(Semaphore::new(10))).await;
+
+    // The query parameter works like the header.
+    let response = app
+        .get(&format!("{STREAM}?last_event_id={}", first.id), user)
+        .send()
+        .await
+        .expect("send");
+    let mut stream = SseReader::new(response).await;
+    for expected in &missed {
+        let event = stream.next_event().await;
+        assert_eq!(event.id, Some(expected.id.to_string()));
+    }
+    stream.assert_quiet(Duration::from_millis(200)).await;
+    let seen = since.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].request.body["after"], missed[499].id.to_string());
+}
+
+#[tokio::test]
+async fn without_push_the_stream_opens_live_only_with_a_warning() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let response = app
+        .get(STREAM, user)
+        .header("last-event-id", Uuid::now_v7().to_string())
+        .send()
+        .await
+        .expect("send");
+    let mut stream = SseReader::new(response).await;
+
+    let warning = stream.next_event().await;
+    assert_eq!(warning.event.as_deref(), Some("warning"));
+    assert!(!warning.data.is_empty());
+    let n = notification("live");
+    publish_live(&app.nats, user, &n).await;
+    assert_eq!(stream.next_event().await.notification(), n);
+}
+
+#[tokio::test]
+async fn a_last_event_id_must_be_a_uuid() {
+    let app = spawn_app().await;
+    let response = app
+        .get(STREAM, Uuid::now_v7())
+        .header("last-event-id", "42")
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 400, "bad_request").await;
+}
+
+#[tokio::test]
+async fn a_ticket_opens_one_stream_once() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+
+    let response = app.post(TICKET, user).send().await.expect("send");
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["expires_in"], 60);
+    let ticket = body["ticket"].as_str().expect("ticket").to_owned();
+    assert_eq!(ticket.len(), 43);
+
+    // Not a credential anywhere else.
+    let elsewhere = app
+        .http
+        .get(app.url(&format!("/v1/me?ticket={ticket}")))
+        .send()
+        .await
+        .expect("send");
+    assert_problem(elsewhere, 401, "unauthorized").await;
+
+    let url = app.url(&format!("{STREAM}?ticket={ticket}"));
+    let mut stream = SseReader::new(app.http.get(&url).send().await.expect("send")).await;
+    let n = notification("via ticket");
+    publish_live(&app.nats, user, &n).await;
+    assert_eq!(stream.next_event().await.notification(), n);
+
+    let again = app.http.get(&url).send().await.expect("send");
+    assert_problem(again, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn a_ticket_works_on_any_replica_but_only_once_under_a_race() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let user = Uuid::now_v7();
+    let ticket = |response: Value| response["ticket"].as_str().expect("ticket").to_owned();
+
+    // Issued by one replica, spent on the other.
+    let issued = app.post(TICKET, user).send().await.expect("send");
+    let t = ticket(issued.json().await.expect("json"));
+    let on_replica = app
+        .http
+        .get(replica.url(&format!("{STREAM}?ticket={t}")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(on_replica.status(), 200);
+    drop(on_replica);
+
+    // Two replicas racing with one ticket: exactly one stream opens.
+    for _ in 0..5 {
+        let issued = app.post(TICKET, user).send().await.expect("send");
+        let t = ticket(issued.json().await.expect("json"));
+        let a = app
+            .http
+            .get(app.url(&format!("{STREAM}?ticket={t}")))
+            .send();
+        let b = app
+            .http
+            .get(replica.url(&format!("{STREAM}?ticket={t}")))
+            .send();
+        let (a, b) = tokio::join!(a, b);
+        let mut statuses = [
+            a.expect("send").status().as_u16(),
+            b.expect("send").status().as_u16(),
+        ];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 401]);
+    }
+}
+
+#[tokio::test]
+async fn an_expired_ticket_is_refused_even_before_the_bucket_drops_it() {
+    let app = spawn_app_with(|c| c.sse_ticket_ttl = Duration::from_secs(30)).await;
+    let issued: Value = app
+        .post(TICKET, Uuid::now_v7())
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(issued["expires_in"], 30);
+
+    // Records written as the gateway writes them, one past its expiry (which the bucket
+    // has not purged, its max age being 30 s), one still valid.
+    let kv = async_nats::jetstream::new(app.nats.clone())
+        .get_key_value(buckets::SSE_TICKETS)
+        .await
+        .expect("bucket");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let user = Uuid::now_v7();
+    let mut urls = Vec::new();
+    for (name, expires_at_ms) in [("expired", now_ms - 1_000), ("valid", now_ms + 30_000)] {
+        let ticket = format!("{name:_<43}");
+        let record = json!({"user_id": user, "role": "user", "expires_at_ms": expires_at_ms});
+        kv.put(
+            hex::encode(Sha256::digest(ticket.as_bytes())),
+            serde_json::to_vec(&record).expect("json").into(),
+        )
+        .await
+        .expect("put");
+        urls.push(app.url(&format!("{STREAM}?ticket={ticket}")));
+    }
+
+    let expired = app.http.get(&urls[0]).send().await.expect("send");
+    assert_problem(expired, 401, "unauthorized").await;
+    let valid = app.http.get(&urls[1]).send().await.expect("send");
+    assert_eq!(valid.status(), 200);
+}
+
+#[tokio::test]
+async fn missing_or_invalid_credentials_are_401() {
+    let app = spawn_app().await;
+    let no_auth = app.http.get(app.url(STREAM)).send().await.expect("send");
+    assert_eq!(no_auth.headers()["www-authenticate"], "Bearer");
+    assert_problem(no_auth, 401, "unauthorized").await;
+
+    let bad_token = app
+        .http
+        .get(app.url(STREAM))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .expect("send");
+    assert_problem(bad_token, 401, "unauthorized").await;
+
+    let expired = app
+        .http
+        .get(app.url(STREAM))
+        .bearer_auth(app.signer.token(Uuid::now_v7(), contracts::Role::User, -60))
+        .send()
+        .await
+        .expect("send");
+    assert_problem(expired, 401, "unauthorized").await;
+
+    for ticket in ["nope", &"A".repeat(43)] {
+        let response = app
+            .http
+            .get(app.url(&format!("{STREAM}?ticket={ticket}")))
+            .send()
+            .await
+            .expect("send");
+        assert_problem(response, 401, "unauthorized").await;
+    }
+
+    let no_ticket_auth = app.http.post(app.url(TICKET)).send().await.expect("send");
+    assert_problem(no_ticket_auth, 401, "unauthorized").await;
+    let wrong_method = app.post(STREAM, Uuid::now_v7()).send().await.expect("send");
+    assert_problem(wrong_method, 405, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn connecting_counts_against_the_rate_limit() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_user_per_sec = NonZeroU32::MIN;
+        c.rate_limit_user_burst = NonZeroU32::MIN;
+    })
+    .await;
+    let user = Uuid::now_v7();
+    let _first = open(&app, user).await;
+    let second = app.get(STREAM, user).send().await.expect("send");
+    assert_problem(second, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn streams_outlive_the_request_timeout_and_get_keep_alives() {
+    let app = spawn_app_with(|c| {
+        c.http_timeout = Duration::from_millis(300);
+        c.sse_keepalive = Duration::from_secs(1);
+    })
+    .await;
+    let user = Uuid::now_v7();
+    let mut stream = open(&app, user).await;
+    let opened = Instant::now();
+
+    // Nothing to say for over a second: only keep-alive comments arrive.
+    stream.assert_quiet(Duration::from_millis(1300)).await;
+    assert!(stream.comments >= 1, "a keep-alive comment arrived");
+    assert!(opened.elapsed() > Duration::from_secs(1));
+
+    let n = notification("still open");
+    publish_live(&app.nats, user, &n).await;
+    assert_eq!(stream.next_event().await.notification(), n);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let mut app = spawn_app_with(|c| c.common.shutdown_grace = Duration::from_secs(30)).await;
+    let user = Uuid::now_v7();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(open(&app, user).await);
+    }
+    let n = notification("before shutdown");
+    publish_live(&app.nats, user, &n).await;
+    for s in &mut streams {
+        assert_eq!(s.next_event().await.notification(), n);
+    }
+
+    let started = Instant::now();
+    assert!(app.stop().await, "the gateway stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopping took {:?} with streams open",
+        started.elapsed()
+    );
+    for s in &mut streams {
+        assert!(s.wait_end(Duration::from_secs(2)).await, "stream ended");
+    }
+}
+
+#[tokio::test]
+async fn a_nats_reconnect_ends_streams_so_clients_resume() {
+    let mut app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let mut stream = open(&app, user).await;
+
+    app.restart_nats().await;
+
+    // Whatever push published during the gap is lost to this subscription: the stream
+    // ends so that EventSource reconnects with Last-Event-ID.
+    assert!(
+        stream.wait_end(Duration::from_secs(10)).await,
+        "stream ended"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut again = loop {
+        let response = app.get(STREAM, user).send().await.expect("send");
+        if response.status() == 200 {
+            break SseReader::new(response).await;
+        }
+        assert!(Instant::now() < deadline, "no stream after the reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let n = notification("after the reconnect");
+    publish_live(&app.nats, user, &n).await;
+    assert_eq!(again.next_event().await.notification(), n);
+}
