@@ -212,6 +212,7 @@ impl Projector {
         {
             Ok(()) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(notification = %n.id, user_id = %n.user_id, "notification sent live");
             }
             Err(e) => tracing::warn!(error = %e, notification = %n.id, "live send failed"),
         }

@@ -52,6 +52,7 @@ use tempfile::TempDir;
 pub use async_nats;
 pub use reqwest::header::HeaderMap;
 pub use reqwest::{Method, StatusCode};
+pub mod smtp;
 
 /// Default admin URL of the PostgreSQL that test databases are created on.
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

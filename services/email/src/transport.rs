@@ -1,0 +1,218 @@
+//! Where mails go: an SMTP server (`SMTP_URL`), or `.eml` files in a folder (the
+//! embedded default, so a local mesh needs no mail server and a developer can open
+//! what would have been sent).
+//!
+//! SMTP failures are sorted for the consumer loop: a permanent reply (5xx) will not
+//! change on retry; anything else (connection refused, timeout, 4xx, TLS trouble) may.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::transport::file::AsyncFileTransport;
+use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::{AsyncTransport, Message, Tokio1Executor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailerError {
+    #[error("invalid SMTP_URL {url}: {source}")]
+    Url {
+        /// With the password masked.
+        url: String,
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("cannot create the mail folder {path}: {source}")]
+    Folder {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one mail was not handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("SMTP: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("cannot write the mail file: {0}")]
+    File(#[from] lettre::transport::file::Error),
+}
+
+impl SendError {
+    /// True for a permanent SMTP reply (5xx): retrying the same mail cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SendError::Smtp(e) => e.is_permanent(),
+            SendError::File(_) => false,
+        }
+    }
+}
+
+/// The configured way out.
+#[derive(Clone)]
+pub enum Mailer {
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// For logs, password masked.
+        url: String,
+    },
+    File {
+        transport: AsyncFileTransport<Tokio1Executor>,
+        dir: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Mailer {
+    /// SMTP when `smtp_url` is set (`smtp://user:pass@host:port` plain,
+    /// `smtp://…?tls=required` STARTTLS, `smtps://…` implicit TLS), else files in
+    /// `file_dir`.
+    pub fn new(
+        smtp_url: Option<&str>,
+        timeout: Duration,
+        file_dir: &Path,
+    ) -> Result<Self, MailerError> {
+        match smtp_url {
+            Some(url) => {
+                let masked = mask_password(url);
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|source| MailerError::Url {
+                        url: masked.clone(),
+                        source,
+                    })?
+                    .timeout(Some(timeout))
+                    .build();
+                Ok(Mailer::Smtp {
+                    transport,
+                    url: masked,
+                })
+            }
+            None => {
+                std::fs::create_dir_all(file_dir).map_err(|source| MailerError::Folder {
+                    path: file_dir.display().to_string(),
+                    source,
+                })?;
+                Ok(Mailer::File {
+                    transport: AsyncFileTransport::<Tokio1Executor>::new(file_dir),
+                    dir: file_dir.to_path_buf(),
+                })
+            }
+        }
+    }
+
+    /// `smtp smtp://127.0.0.1:2525` or `files in .mesh/mail`.
+    pub fn describe(&self) -> String {
+        match self {
+            Mailer::Smtp { url, .. } => format!("smtp {url}"),
+            Mailer::File { dir, .. } => format!("files in {}", dir.display()),
+        }
+    }
+
+    /// Hands one mail over. Returns the file written by the file transport.
+    pub async fn send(&self, message: Message) -> Result<Option<PathBuf>, SendError> {
+        match self {
+            Mailer::Smtp { transport, .. } => {
+                transport.send(message).await?;
+                Ok(None)
+            }
+            Mailer::File { transport, dir } => {
+                let id = transport.send(message).await?;
+                Ok(Some(dir.join(format!("{id}.eml"))))
+            }
+        }
+    }
+}
+
+/// The URL with its password replaced by `***`, for logs and errors.
+pub fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end],
+                    &userinfo[..colon],
+                    &url[scheme_end + at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("smtp://user:secret@127.0.0.1:2525?tls=required"),
+            "smtp://user:***@127.0.0.1:2525?tls=required"
+        );
+        assert_eq!(
+            mask_password("smtp://127.0.0.1:2525"),
+            "smtp://127.0.0.1:2525"
+        );
+        assert_eq!(mask_password("smtps://u@h"), "smtps://u@h");
+    }
+
+    // The pooled SMTP transport spawns its reaper task: it needs a runtime.
+    #[tokio::test]
+    async fn urls_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(1);
+        assert!(Mailer::new(Some("smtp://127.0.0.1:2525"), t, dir.path()).is_ok());
+        assert!(Mailer::new(Some("smtp://h:25?tls=required"), t, dir.path()).is_ok());
+        assert!(Mailer::new(Some("smtps://u:p@h"), t, dir.path()).is_ok());
+        let err = Mailer::new(Some("http://u:pw@h"), t, dir.path()).unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_file_transport_writes_eml_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailer = Mailer::new(None, Duration::from_secs(1), &dir.path().join("mail")).unwrap();
+        let message = Message::builder()
+            .from("a@example.com".parse().unwrap())
+            .to("b@example.com".parse().unwrap())
+            .subject("hi")
+            .body("body".to_owned())
+            .unwrap();
+        let path = mailer.send(message).await.unwrap().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("Subject: hi"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("smtp://127.0.0.1:{port}");
+        let mailer = Mailer::new(Some(&url), Duration::from_secs(2), dir.path()).unwrap();
+        let message = Message::builder()
+            .from("a@example.com".parse().unwrap())
+            .to("b@example.com".parse().unwrap())
+            .subject("hi")
+            .body("body".to_owned())
+            .unwrap();
+        let err = mailer.send(message).await.unwrap_err();
+        assert!(!err.is_permanent(), "{err}");
+    }
+}
