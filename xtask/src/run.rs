@@ -57,8 +57,7 @@ pub const KNOWN_SERVICES: &[ServiceSpec] = &[
     },
 ];
 
-/// The services `run` starts unless `--services` says otherwise. Add "email" and "push"
-/// here once they do something.
+/// The services `run` starts unless `--services` says otherwise.
 pub const DEFAULT_SERVICES: &[&str] = &["auth", "calendar", "email", "push", "gateway"];
 
 const DEFAULT_NATS_PORT: u16 = 14222;
