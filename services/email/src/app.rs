@@ -242,7 +242,7 @@ async fn consume(
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(durable = %config.durable, stream = stream.name, "consuming");
-            consumer::run(pull, config.clone(), handler.clone(), cancel.clone())
+            consumer::run(&js, pull, config.clone(), handler.clone(), cancel.clone())
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -257,7 +257,8 @@ async fn keep_consuming(
             Ok(c) => {
                 tracing::info!(durable = %config.durable, "consuming");
                 attempt = 0;
-                match consumer::run(c, config.clone(), projector.clone(), cancel.clone()).await {
+                match consumer::run(&js, c, config.clone(), projector.clone(), cancel.clone()).await
+                {
                     Ok(()) if cancel.is_cancelled() => return,
                     Ok(()) => {
                         tracing::warn!(durable = %config.durable, "message stream ended; pulling again")

@@ -261,3 +261,90 @@ pub fn event_headers<E: DomainEvent>(event: &E) -> Vec<(&'static str, String)> {
         (CONTENT_TYPE, crate::wire::CONTENT_TYPE.to_owned()),
     ]
 }
+
+/// Why an edited body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("unknown message type {message_type} version {version}")]
+    Unknown { message_type: String, version: u32 },
+    #[error("the body does not fit {message_type} v{version}: {reason}")]
+    Invalid {
+        message_type: String,
+        version: u32,
+        reason: String,
+    },
+}
+
+/// Every domain event contract the mesh knows, as (type, version, subject).
+pub const KNOWN_EVENTS: &[(&str, u32, &str)] = &[
+    (
+        UserRegisteredV1::TYPE,
+        UserRegisteredV1::VERSION,
+        UserRegisteredV1::SUBJECT,
+    ),
+    (
+        PreferencesChangedV1::TYPE,
+        PreferencesChangedV1::VERSION,
+        PreferencesChangedV1::SUBJECT,
+    ),
+    (
+        PasswordResetRequestedV1::TYPE,
+        PasswordResetRequestedV1::VERSION,
+        PasswordResetRequestedV1::SUBJECT,
+    ),
+    (
+        EventCreatedV1::TYPE,
+        EventCreatedV1::VERSION,
+        EventCreatedV1::SUBJECT,
+    ),
+    (
+        EventUpdatedV1::TYPE,
+        EventUpdatedV1::VERSION,
+        EventUpdatedV1::SUBJECT,
+    ),
+    (
+        EventCancelledV1::TYPE,
+        EventCancelledV1::VERSION,
+        EventCancelledV1::SUBJECT,
+    ),
+    (
+        RsvpChangedV1::TYPE,
+        RsvpChangedV1::VERSION,
+        RsvpChangedV1::SUBJECT,
+    ),
+];
+
+fn revalidate<E: DomainEvent>(
+    json: serde_json::Value,
+) -> Result<(Vec<u8>, EventMeta), ContractError> {
+    let invalid = |reason: String| ContractError::Invalid {
+        message_type: E::TYPE.to_owned(),
+        version: E::VERSION,
+        reason,
+    };
+    let event: E = serde_json::from_value(json).map_err(|e| invalid(e.to_string()))?;
+    let bytes = crate::wire::encode(&event).map_err(|e| invalid(e.to_string()))?;
+    Ok((bytes, event.meta().clone()))
+}
+
+/// Checks a JSON body against the contract named by `message_type` and `version` and
+/// encodes it for the wire; returns the bytes and the body's metadata.
+pub fn encode_json(
+    message_type: &str,
+    version: u32,
+    json: serde_json::Value,
+) -> Result<(Vec<u8>, EventMeta), ContractError> {
+    match (message_type, version) {
+        (UserRegisteredV1::TYPE, 1) => revalidate::<UserRegisteredV1>(json),
+        (PreferencesChangedV1::TYPE, 1) => revalidate::<PreferencesChangedV1>(json),
+        (PasswordResetRequestedV1::TYPE, 1) => revalidate::<PasswordResetRequestedV1>(json),
+        (EventCreatedV1::TYPE, 1) => revalidate::<EventCreatedV1>(json),
+        (EventUpdatedV1::TYPE, 1) => revalidate::<EventUpdatedV1>(json),
+        (EventCancelledV1::TYPE, 1) => revalidate::<EventCancelledV1>(json),
+        (RsvpChangedV1::TYPE, 1) => revalidate::<RsvpChangedV1>(json),
+        _ => Err(ContractError::Unknown {
+            message_type: message_type.to_owned(),
+            version,
+        }),
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`rpc`]: the request/reply envelope the gateway sends to services.
 //! - [`api`]: the request and response bodies of the public REST API.
 //! - [`error`]: the stable error codes the API returns.
+//! - [`hospital`]: parked messages and the dead-letter admin API.
 //!
 //! API boundary: services convert these types into their own domain types; nothing
 //! else defines a wire type.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod error;
 pub mod events;
+pub mod hospital;
 pub mod rpc;
 pub mod subjects;
 pub mod wire;

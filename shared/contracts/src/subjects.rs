@@ -39,8 +39,58 @@ pub const CALENDAR_STREAM: StreamSpec = StreamSpec {
     duplicate_window_secs: 20 * 60,
 };
 
-/// Every stream the mesh provisions.
+/// The dead-letter stream (the message hospital's ward): one subject per durable,
+/// `dlq.<durable>`. Limits retention so it can be browsed; 30 days and 1 GiB by default
+/// (the hospital may provision other limits); discard-new, so a full ward refuses new
+/// parks instead of dropping old ones.
+pub const DLQ_STREAM: StreamSpec = StreamSpec {
+    name: "DLQ",
+    subjects: &["dlq.>"],
+    description: "Parked messages with their diagnosis (the message hospital)",
+    max_age_secs: 30 * 24 * 3600,
+    duplicate_window_secs: 2 * 3600,
+};
+
+/// Default size limit of the dead-letter stream.
+pub const DLQ_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+
+/// Every domain stream the mesh provisions (the DLQ has its own limits).
 pub const ALL_STREAMS: &[StreamSpec] = &[AUTH_STREAM, CALENDAR_STREAM];
+
+/// The subject a durable parks a message on.
+pub fn dlq_subject(durable: &str) -> String {
+    format!("dlq.{durable}")
+}
+
+/// The bounded-context prefix of a domain stream's subjects (`CALENDAR` → `calendar`).
+pub fn stream_prefix(stream: &str) -> Option<&'static str> {
+    ALL_STREAMS
+        .iter()
+        .find(|s| s.name == stream)
+        .and_then(|s| s.subjects.first())
+        .map(|s| s.trim_end_matches(".>"))
+}
+
+/// Replays to ONE durable go to `<context>.replay.<durable>.<original subject>`: inside
+/// the source stream (so the durable can filter on it), but matched only by that
+/// durable's extra filter, never by another service's `<context>.v1.>`.
+pub fn replay_filter(stream: &str, durable: &str) -> Option<String> {
+    stream_prefix(stream).map(|p| format!("{p}.replay.{durable}.>"))
+}
+
+/// The replay subject of `original_subject` for `durable`.
+pub fn replay_subject(stream: &str, durable: &str, original_subject: &str) -> Option<String> {
+    stream_prefix(stream).map(|p| format!("{p}.replay.{durable}.{original_subject}"))
+}
+
+/// The original subject of a replayed message, if `subject` is a replay subject.
+pub fn original_of_replay(subject: &str) -> Option<&str> {
+    let mut parts = subject.splitn(4, '.');
+    let _context = parts.next()?;
+    (parts.next()? == "replay").then_some(())?;
+    let _durable = parts.next()?;
+    parts.next()
+}
 
 pub mod auth {
     pub const USER_REGISTERED_V1: &str = "auth.v1.user.registered";
@@ -80,6 +130,26 @@ pub mod calendar {
     pub const RPC_LIST_RSVPS: &str = "svc.calendar.v1.rsvp.list";
 }
 
+pub mod hospital {
+    pub const SERVICE: &str = "hospital";
+    /// The hospital's own durable on the DLQ stream (it indexes every parked message).
+    pub const INDEX_DURABLE: &str = "hospital-index";
+    pub const RPC_LIST: &str = "svc.hospital.v1.dlq.list";
+    pub const RPC_GET: &str = "svc.hospital.v1.dlq.get";
+    pub const RPC_GROUPS: &str = "svc.hospital.v1.dlq.groups";
+    pub const RPC_REPLAY: &str = "svc.hospital.v1.dlq.replay";
+    pub const RPC_EDIT_REPLAY: &str = "svc.hospital.v1.dlq.edit_replay";
+    pub const RPC_DISCARD: &str = "svc.hospital.v1.dlq.discard";
+    pub const RPC_PURGE: &str = "svc.hospital.v1.dlq.purge";
+    pub const RPC_JOBS: &str = "svc.hospital.v1.jobs.list";
+    pub const RPC_JOB: &str = "svc.hospital.v1.jobs.get";
+    pub const RPC_STATS: &str = "svc.hospital.v1.stats";
+    pub const RPC_WHERE: &str = "svc.hospital.v1.where";
+    pub const RPC_AUDIT: &str = "svc.hospital.v1.audit";
+    pub const RPC_PAUSE: &str = "svc.hospital.v1.consumers.pause";
+    pub const RPC_RESUME: &str = "svc.hospital.v1.consumers.resume";
+}
+
 pub mod push {
     pub const SERVICE: &str = "push";
     pub const RPC_LIST_NOTIFICATIONS: &str = "svc.push.v1.notifications.list";
@@ -112,6 +182,10 @@ pub mod buckets {
     pub const IDEMPOTENCY: &str = "gateway_idempotency";
     /// Single-use tickets that open a notification stream (60 s TTL).
     pub const SSE_TICKETS: &str = "gateway_sse_tickets";
+    /// First failure time and count of messages that are being retried, per
+    /// `<durable>.<stream>.<sequence>` (7 days TTL); read when parking and by "where is
+    /// this message?".
+    pub const CONSUMER_FAILURES: &str = "consumer_failures";
 }
 
 /// Header names carried by mesh messages.
@@ -132,6 +206,10 @@ pub mod headers {
     pub const TRACESTATE: &str = "tracestate";
     /// Gateway-assigned id of the HTTP request a message stems from.
     pub const REQUEST_ID: &str = "Mesh-Request-Id";
+    /// On a replayed message: the park id of the dead letter it replays.
+    pub const REPLAY_OF: &str = "Mesh-Replay-Of";
+    /// On an edited replay: the message id of the original it replaces.
+    pub const EDITED_FROM: &str = "Mesh-Edited-From";
 }
 
 /// True when `subject` would be captured by one of the mesh's streams.
@@ -184,6 +262,20 @@ mod tests {
         push::RPC_MARK_READ,
         push::RPC_NOTIFICATIONS_SINCE,
         push::LIVE_WILDCARD,
+        hospital::RPC_LIST,
+        hospital::RPC_GET,
+        hospital::RPC_GROUPS,
+        hospital::RPC_REPLAY,
+        hospital::RPC_EDIT_REPLAY,
+        hospital::RPC_DISCARD,
+        hospital::RPC_PURGE,
+        hospital::RPC_JOBS,
+        hospital::RPC_JOB,
+        hospital::RPC_STATS,
+        hospital::RPC_WHERE,
+        hospital::RPC_AUDIT,
+        hospital::RPC_PAUSE,
+        hospital::RPC_RESUME,
     ];
 
     const EVENT_SUBJECTS: &[&str] = &[
@@ -213,6 +305,27 @@ mod tests {
                 stream.name
             );
         }
+    }
+
+    #[test]
+    fn replays_reach_only_their_durable() {
+        let subject = replay_subject("CALENDAR", "email-calendar", calendar::RSVP_CHANGED_V1)
+            .expect("calendar is a stream");
+        assert_eq!(
+            captured_by_stream(&subject).map(|s| s.name),
+            Some("CALENDAR")
+        );
+        let email = replay_filter("CALENDAR", "email-calendar").expect("filter");
+        let push = replay_filter("CALENDAR", "push-calendar").expect("filter");
+        assert!(subject_matches(&email, &subject));
+        assert!(!subject_matches(&push, &subject));
+        assert!(!subject_matches("calendar.v1.>", &subject));
+        assert_eq!(
+            original_of_replay(&subject),
+            Some(calendar::RSVP_CHANGED_V1)
+        );
+        assert_eq!(original_of_replay(calendar::RSVP_CHANGED_V1), None);
+        assert!(captured_by_stream(&dlq_subject("email-calendar")).is_none());
     }
 
     #[test]

@@ -8,8 +8,23 @@
 //!   acknowledged effect is not redelivered;
 //! - [`HandlerError::Transient`] → negatively acknowledged WITH the delay from the
 //!   backoff schedule (a plain Nak ignores the schedule and burns through max deliver in
-//!   milliseconds);
-//! - [`HandlerError::Permanent`] → terminated at once, with the reason logged.
+//!   milliseconds); its first failure time is kept in the `consumer_failures` KV bucket;
+//! - [`HandlerError::Permanent`], or a transient failure on the last allowed delivery →
+//!   parked: the original bytes and headers with their [`Diagnosis`] are published to
+//!   the `DLQ` stream, the publish ack awaited, and only then the original terminated.
+//!   If the hospital's stream refuses the park (full: discard-new), the original is NOT
+//!   terminated but redelivered later, and a log line and the
+//!   `mesh_dlq_park_refused_total` counter say so.
+//!
+//! The server's `max_deliver` is the policy's plus [`PARK_RETRY_MARGIN`]: the loop parks
+//! at the policy's count itself, and the margin keeps a refused park's message coming
+//! back (at the last backoff step) instead of being dropped by the server.
+//!
+//! Every durable also filters on its own replay subject (`<context>.replay.<durable>.>`,
+//! see `contracts::subjects::replay_filter`), where the hospital re-sends parked messages
+//! to that durable alone; handlers see the original subject and the `replay_of` park id.
+//!
+//! [`Diagnosis`]: contracts::hospital::Diagnosis
 //!
 //! While a handler runs, the loop sends `Progress` every half ack wait: with a backoff
 //! list the server sets ack wait to its first step, and a slow handler must not be
@@ -31,7 +46,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use contracts::hospital::{Diagnosis, ErrorKind, ParkedMessage};
+use contracts::subjects::{self, headers};
+
 use crate::config::ConfigError;
+
+/// Deliveries the server allows beyond the policy's `max_deliver`, so a message whose
+/// park was refused comes back later instead of being given up.
+pub const PARK_RETRY_MARGIN: i64 = 1000;
 
 /// Where a durable consumer starts the first time it is created on a stream that already
 /// has history. A restarted consumer always resumes after its last acknowledged message.
@@ -185,6 +207,8 @@ pub struct Delivery {
     /// Delivery attempt, from 1.
     pub delivered: i64,
     pub stream_sequence: u64,
+    /// For a replay from the hospital: the park id of the dead letter it replays.
+    pub replay_of: Option<String>,
 }
 
 impl Delivery {
@@ -247,6 +271,13 @@ pub async fn ensure(
             stream: config.stream.to_owned(),
             source,
         })?;
+    provision_ward(js).await;
+    let mut filter_subjects = config.filter_subjects.clone();
+    if let Some(replay) = subjects::replay_filter(config.stream, &config.durable)
+        && !filter_subjects.contains(&replay)
+    {
+        filter_subjects.push(replay);
+    }
     let deliver_policy = match config.start {
         StartPosition::Beginning => consumer::DeliverPolicy::All,
         StartPosition::NewOnly => consumer::DeliverPolicy::New,
@@ -257,9 +288,9 @@ pub async fn ensure(
         deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.retry.ack_wait(),
-        max_deliver: config.retry.max_deliver,
+        max_deliver: config.retry.max_deliver + PARK_RETRY_MARGIN,
         backoff: config.retry.backoff.clone(),
-        filter_subjects: config.filter_subjects.clone(),
+        filter_subjects,
         max_ack_pending: config.max_ack_pending,
         ..Default::default()
     };
@@ -289,8 +320,10 @@ pub async fn ensure(
     }
 }
 
-/// Pulls and handles messages until `cancel`, then drains in-flight handlers.
+/// Pulls and handles messages until `cancel`, then drains in-flight handlers. `js` is
+/// used to park messages in the hospital.
 pub async fn run<H: Handler>(
+    js: &jetstream::Context,
     consumer: consumer::PullConsumer,
     config: ConsumerConfig,
     handler: Arc<H>,
@@ -310,6 +343,7 @@ pub async fn run<H: Handler>(
         })?;
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(batch));
+    let ward = Arc::new(Ward::open(js, &config).await);
     let config = Arc::new(config);
     loop {
         let permit = tokio::select! {
@@ -331,8 +365,9 @@ pub async fn run<H: Handler>(
         };
         let handler = handler.clone();
         let config = config.clone();
+        let ward = ward.clone();
         tracker.spawn(async move {
-            handle_one(message, &config, handler.as_ref()).await;
+            handle_one(message, &config, &ward, handler.as_ref()).await;
             drop(permit);
         });
     }
@@ -344,19 +379,27 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
-async fn handle_one<H: Handler>(message: jetstream::Message, config: &ConsumerConfig, handler: &H) {
+async fn handle_one<H: Handler>(
+    message: jetstream::Message,
+    config: &ConsumerConfig,
+    ward: &Ward,
+    handler: &H,
+) {
     let (delivered, stream_sequence) = match message.info() {
         Ok(info) => (info.delivered, info.stream_sequence),
         Err(_) => (1, 0),
     };
     let headers = message.headers.clone().unwrap_or_default();
     let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    let raw_subject = message.subject.to_string();
     let delivery = Delivery {
-        subject: message.subject.to_string(),
-        message_id: get(contracts::subjects::headers::MESSAGE_ID),
-        message_type: get(contracts::subjects::headers::MESSAGE_TYPE),
-        schema_version: get(contracts::subjects::headers::SCHEMA_VERSION)
-            .and_then(|v| v.parse().ok()),
+        subject: subjects::original_of_replay(&raw_subject)
+            .unwrap_or(&raw_subject)
+            .to_owned(),
+        message_id: get(headers::MESSAGE_ID),
+        message_type: get(headers::MESSAGE_TYPE),
+        schema_version: get(headers::SCHEMA_VERSION).and_then(|v| v.parse().ok()),
+        replay_of: get(headers::REPLAY_OF),
         headers: headers.clone(),
         payload: message.payload.clone(),
         delivered,
@@ -391,33 +434,261 @@ async fn handle_one<H: Handler>(message: jetstream::Message, config: &ConsumerCo
                 }
             }
         };
+        let durable = config.durable.clone();
         match result {
             Ok(()) => {
+                metrics::counter!("mesh_consumer_messages_total", "durable" => durable, "outcome" => "handled").increment(1);
                 if let Err(e) = message.double_ack().await {
                     // The effect is done; a redelivery is caught by the handler's dedupe.
                     tracing::warn!(error = %e, "ack not confirmed");
                 }
+                if delivered > 1 {
+                    ward.forget_failure(config, stream_sequence).await;
+                }
             }
-            Err(HandlerError::Transient(_)) if delivered >= config.retry.max_deliver => {
-                let err = result_error_text(&result);
-                tracing::error!(error = %err, delivered, "giving up: max deliveries reached");
-                let _ = message.ack_with(AckKind::Term).await;
-            }
-            Err(HandlerError::Transient(_)) => {
+            Err(HandlerError::Transient(_)) if delivered < config.retry.max_deliver => {
+                metrics::counter!("mesh_consumer_messages_total", "durable" => durable, "outcome" => "retried").increment(1);
                 let delay = config.retry.delay_after(delivered);
-                tracing::warn!(error = %result_error_text(&result), delivered, retry_in_ms = delay.as_millis() as u64, "handler failed, will retry");
+                let error = result_error_text(&result);
+                tracing::warn!(error = %error, delivered, retry_in_ms = delay.as_millis() as u64, "handler failed, will retry");
+                ward.remember_failure(config, stream_sequence, &error, delivered).await;
                 if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
                     tracing::warn!(error = %e, "nak failed; redelivered after ack wait");
                 }
             }
-            Err(HandlerError::Permanent(_)) => {
-                tracing::error!(error = %result_error_text(&result), "handler failed permanently; message terminated");
-                let _ = message.ack_with(AckKind::Term).await;
+            Err(ref e) => {
+                let kind = match e {
+                    HandlerError::Permanent(_) => ErrorKind::Permanent,
+                    HandlerError::Transient(_) => ErrorKind::Transient,
+                };
+                let error = result_error_text(&result);
+                let diagnosis = ward.diagnose(config, &delivery, kind, &error).await;
+                match ward.park(&delivery, diagnosis).await {
+                    Ok(park_id) => {
+                        metrics::counter!("mesh_dlq_parked_total", "durable" => durable, "kind" => kind.as_str()).increment(1);
+                        tracing::error!(error = %error, kind = kind.as_str(), delivered, park_id, "message parked in the hospital");
+                        if let Err(e) = message.double_ack_with(AckKind::Term).await {
+                            // Parked but not terminated: the redelivery parks again,
+                            // which the DLQ stream drops as a duplicate.
+                            tracing::warn!(error = %e, "terminate after park not confirmed");
+                        }
+                        ward.forget_failure(config, stream_sequence).await;
+                    }
+                    Err(park_error) => {
+                        metrics::counter!("mesh_dlq_park_refused_total", "durable" => durable).increment(1);
+                        let delay = config.retry.backoff.last().copied().unwrap_or(Duration::from_secs(60));
+                        tracing::error!(
+                            error = %error,
+                            park_error = %park_error,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "PARK REFUSED: the dead-letter stream did not take the message; it stays un-terminated and comes back later"
+                        );
+                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    }
+                }
             }
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Where failing messages are recorded and parked: the `DLQ` stream and the
+/// `consumer_failures` bucket.
+struct Ward {
+    js: jetstream::Context,
+    failures: Option<jetstream::kv::Store>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FailureRecord {
+    first_failure_at: jiff::Timestamp,
+    last_failure_at: jiff::Timestamp,
+    deliveries: i64,
+    error: String,
+}
+
+impl Ward {
+    async fn open(js: &jetstream::Context, config: &ConsumerConfig) -> Self {
+        let failures = match js.get_key_value(subjects::buckets::CONSUMER_FAILURES).await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                tracing::warn!(durable = %config.durable, error = %e, "no consumer_failures bucket; first failure times fall back to the park time");
+                None
+            }
+        };
+        Ward {
+            js: js.clone(),
+            failures,
+        }
+    }
+
+    fn failure_key(config: &ConsumerConfig, sequence: u64) -> String {
+        format!("{}.{}.{sequence}", config.durable, config.stream)
+    }
+
+    async fn remember_failure(
+        &self,
+        config: &ConsumerConfig,
+        sequence: u64,
+        error: &str,
+        deliveries: i64,
+    ) {
+        let Some(kv) = &self.failures else { return };
+        let key = Self::failure_key(config, sequence);
+        let now = jiff::Timestamp::now();
+        let first = match kv.get(&key).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<FailureRecord>(&bytes)
+                .map(|r| r.first_failure_at)
+                .unwrap_or(now),
+            _ => now,
+        };
+        let record = FailureRecord {
+            first_failure_at: first,
+            last_failure_at: now,
+            deliveries,
+            error: error.chars().take(2000).collect(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&record)
+            && let Err(e) = kv.put(&key, bytes.into()).await
+        {
+            tracing::debug!(error = %e, "cannot record failure");
+        }
+    }
+
+    async fn forget_failure(&self, config: &ConsumerConfig, sequence: u64) {
+        if let Some(kv) = &self.failures {
+            let _ = kv.purge(Self::failure_key(config, sequence)).await;
+        }
+    }
+
+    async fn diagnose(
+        &self,
+        config: &ConsumerConfig,
+        delivery: &Delivery,
+        kind: ErrorKind,
+        error: &str,
+    ) -> Diagnosis {
+        let now = jiff::Timestamp::now();
+        let mut first = now;
+        if let Some(kv) = &self.failures
+            && let Ok(Some(bytes)) = kv
+                .get(Self::failure_key(config, delivery.stream_sequence))
+                .await
+            && let Ok(record) = serde_json::from_slice::<FailureRecord>(&bytes)
+        {
+            first = record.first_failure_at;
+        }
+        Diagnosis {
+            service: config
+                .durable
+                .split('-')
+                .next()
+                .unwrap_or(&config.durable)
+                .to_owned(),
+            durable: config.durable.clone(),
+            stream: config.stream.to_owned(),
+            subject: delivery.subject.clone(),
+            stream_sequence: delivery.stream_sequence,
+            message_id: delivery.message_id.clone(),
+            message_type: delivery.message_type.clone(),
+            schema_version: delivery.schema_version,
+            error_kind: kind,
+            error: error.to_owned(),
+            deliveries: delivery.delivered,
+            first_failure_at: first,
+            last_failure_at: now,
+            trace_id: delivery
+                .header(headers::TRACEPARENT)
+                .and_then(|tp| tp.split('-').nth(1))
+                .map(str::to_owned)
+                .or_else(crate::trace::current_trace_id),
+            replay_of: delivery.replay_of.clone(),
+        }
+    }
+
+    /// Publishes the parked copy and waits for the stream's ack; returns the park id.
+    async fn park(&self, delivery: &Delivery, diagnosis: Diagnosis) -> Result<String, ParkError> {
+        let park_id = ParkedMessage::park_id(
+            &diagnosis.durable,
+            &diagnosis.stream,
+            diagnosis.stream_sequence,
+        );
+        let subject = subjects::dlq_subject(&diagnosis.durable);
+        let original_headers: Vec<(String, String)> = delivery
+            .headers
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (name.to_string(), v.as_str().to_owned()))
+            })
+            .collect();
+        let parked = ParkedMessage {
+            park_id: park_id.clone(),
+            diagnosis,
+            headers: original_headers,
+            payload: delivery.payload.to_vec(),
+            parked_at: jiff::Timestamp::now(),
+        };
+        let body = contracts::wire::encode(&parked).map_err(|e| ParkError(e.to_string()))?;
+        let mut h = HeaderMap::new();
+        h.insert(headers::NATS_MSG_ID, park_id.as_str());
+        h.insert(headers::CONTENT_TYPE, contracts::wire::CONTENT_TYPE);
+        if let Some(id) = &delivery.message_id {
+            h.insert(headers::MESSAGE_ID, id.as_str());
+        }
+        crate::trace::inject_current(&mut h);
+        let ack = self
+            .js
+            .publish_with_headers(subject, h, body.into())
+            .await
+            .map_err(|e| ParkError(e.to_string()))?;
+        ack.await.map_err(|e| ParkError(e.to_string()))?;
+        Ok(park_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ParkError(String);
+
+/// The dead-letter stream's configuration: limits retention (browsable), discard-new
+/// (a full ward refuses parks instead of dropping old ones), an explicit duplicate window
+/// (parking twice after a crash is stored once).
+pub fn dlq_stream_config(max_bytes: i64) -> jetstream::stream::Config {
+    let mut config = crate::nats::stream_config(&subjects::DLQ_STREAM);
+    config.max_bytes = max_bytes;
+    config.discard = jetstream::stream::DiscardPolicy::New;
+    config
+}
+
+/// Creates the DLQ stream (if absent: the hospital owns its limits) and the failures
+/// bucket, so a subscriber can park even before the hospital ever ran.
+async fn provision_ward(js: &jetstream::Context) {
+    if js.get_stream(subjects::DLQ_STREAM.name).await.is_err()
+        && let Err(e) = js
+            .create_stream(dlq_stream_config(subjects::DLQ_MAX_BYTES))
+            .await
+    {
+        tracing::warn!(error = %e, "cannot create the DLQ stream");
+    }
+    if js
+        .get_key_value(subjects::buckets::CONSUMER_FAILURES)
+        .await
+        .is_err()
+        && let Err(e) = js
+            .create_key_value(jetstream::kv::Config {
+                bucket: subjects::buckets::CONSUMER_FAILURES.to_owned(),
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+    {
+        tracing::warn!(error = %e, "cannot create the consumer_failures bucket");
+    }
 }
 
 fn result_error_text(result: &Result<(), HandlerError>) -> String {

@@ -92,6 +92,7 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(Arc::new(readiness))
 }
 
@@ -102,6 +103,20 @@ async fn healthz(State(r): State<Arc<Readiness>>) -> Json<Health> {
         version: r.version.to_owned(),
         checks: Vec::new(),
     })
+}
+
+/// Prometheus text exposition of the process's metrics.
+async fn metrics() -> impl axum::response::IntoResponse {
+    let body = crate::telemetry::metrics()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }
 
 async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, Json<Health>) {

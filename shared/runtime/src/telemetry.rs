@@ -6,6 +6,9 @@
 //! nothing exports them; spans are exported over OTLP/HTTP only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -27,10 +30,27 @@ impl Drop for TelemetryGuard {
     }
 }
 
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder (installed by the first call), rendered at
+/// `/metrics` by every service.
+pub fn metrics() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "no metrics recorder");
+                None
+            }
+        })
+        .as_ref()
+}
+
 /// Installs the global subscriber. Safe to call twice (the second call only returns a
 /// guard), so tests may start several services in one process.
 pub fn init(service_name: &'static str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let _ = metrics();
 
     let mut builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service_name).build());
