@@ -230,9 +230,13 @@ async fn health_discovery_and_shutdown(backend: Backend) -> Result<()> {
         assert!(text.contains(expected), "{expected} missing from {text}");
     }
     let durable = app.consumer_info("CALENDAR", CALENDAR_DURABLE).await?;
+    // Its own events, and the hospital's replays addressed to this durable alone.
     assert_eq!(
         durable.config.filter_subjects,
-        vec!["calendar.v1.>".to_owned()]
+        vec![
+            "calendar.v1.>".to_owned(),
+            format!("calendar.replay.{CALENDAR_DURABLE}.>")
+        ]
     );
     assert_eq!(durable.config.max_ack_pending, 1000);
     assert_eq!(
@@ -240,6 +244,12 @@ async fn health_discovery_and_shutdown(backend: Backend) -> Result<()> {
         async_nats::jetstream::consumer::DeliverPolicy::All
     );
     let durable = app.consumer_info("AUTH", AUTH_DURABLE).await?;
-    assert_eq!(durable.config.filter_subjects, vec!["auth.v1.>".to_owned()]);
+    assert_eq!(
+        durable.config.filter_subjects,
+        vec![
+            "auth.v1.>".to_owned(),
+            format!("auth.replay.{AUTH_DURABLE}.>")
+        ]
+    );
     app.stop().await
 }
