@@ -147,6 +147,7 @@ fn test(root: &Path, extra: &[String]) -> Result<i32> {
     let mut env = tool_env(root)?;
     let db_url = tools::ensure_postgres()?;
     println!("xtask: TEST_DATABASE_URL={db_url}");
+    tools::ensure_browser(root)?;
     env.push(("TEST_DATABASE_URL", db_url.into()));
 
     let mut build = cargo();

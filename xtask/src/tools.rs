@@ -267,3 +267,45 @@ pub fn ensure_postgres() -> Result<String> {
     );
     Ok(url)
 }
+
+/// Headless Chromium (Debian's package) and `playwright-core` (npm, in tests/console)
+/// for the web console's browser test. Installed when missing on a CI machine (root,
+/// `CI=true`); elsewhere only reported, and the browser test skips itself unless
+/// `MESH_BROWSER_TESTS=1` asks for it.
+pub fn ensure_browser(root: &Path) -> Result<()> {
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        if ci && sys::is_root() && have("apt-get") {
+            eprintln!("xtask: installing Debian's chromium for the console test");
+            run_checked(Command::new("apt-get").arg("update").arg("-q"))?;
+            run_checked(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+        } else {
+            eprintln!(
+                "xtask: no /usr/bin/chromium: the console browser test will skip (apt-get install chromium)"
+            );
+        }
+    }
+    let console = root.join("tests/console");
+    if console.join("package.json").exists()
+        && !console.join("node_modules/playwright-core").exists()
+    {
+        if have("npm") {
+            eprintln!("xtask: npm install in tests/console");
+            run_checked(
+                Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&console),
+            )?;
+        } else {
+            eprintln!("xtask: no npm: the console browser test will skip");
+        }
+    }
+    Ok(())
+}

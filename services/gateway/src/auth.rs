@@ -211,6 +211,12 @@ impl KeyStore {
             return Ok(None);
         }
         let token = bearer_token(headers)?;
+        self.authorize_token(rule, token).await.map(Some)
+    }
+
+    /// Applies `rule` (`User` or `Admin`) to a token however it arrived (bearer header or
+    /// the console's session cookie).
+    pub async fn authorize_token(&self, rule: AuthRule, token: &str) -> Result<Caller, ApiError> {
         let claims = self.verify(token).await?;
         let caller = Caller {
             user_id: claims.sub,
@@ -219,7 +225,7 @@ impl KeyStore {
         if rule == AuthRule::Admin && caller.role != contracts::Role::Admin {
             return Err(ApiError::Forbidden);
         }
-        Ok(Some(caller))
+        Ok(caller)
     }
 
     /// Loads the key set, retrying until auth answers, then refreshes it every `every`

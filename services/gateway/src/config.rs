@@ -59,6 +59,11 @@ pub struct Config {
     /// notification stream gets a keep-alive comment, so proxies and load balancers do not
     /// close it for inactivity.
     pub sse_keepalive: Duration,
+    /// `GATEWAY_COOKIE_SECURE` (`on`/`off`, default off): mark the web console's cookies
+    /// (`mesh_session`, `mesh_csrf`) `Secure`, so browsers send them over HTTPS only.
+    /// Turn it on whenever the gateway is reached over HTTPS (directly or behind a
+    /// TLS-terminating proxy); off suits plain-HTTP development on localhost.
+    pub cookie_secure: bool,
 }
 
 impl Config {
@@ -81,6 +86,7 @@ impl Config {
             idempotency_abandon_after: Duration::from_secs(60),
             sse_ticket_ttl: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(15),
+            cookie_secure: false,
         }
     }
 
@@ -125,6 +131,7 @@ impl Config {
             )?,
             sse_ticket_ttl: positive_secs("GATEWAY_SSE_TICKET_TTL_SECS", d.sse_ticket_ttl)?,
             sse_keepalive: positive_secs("GATEWAY_SSE_KEEPALIVE_SECS", d.sse_keepalive)?,
+            cookie_secure: config::switch("GATEWAY_COOKIE_SECURE", d.cookie_secure)?,
             common: d.common,
         })
     }

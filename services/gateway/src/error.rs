@@ -33,6 +33,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("forbidden")]
     Forbidden,
+    /// A cookie-authenticated change without the matching `X-CSRF-Token` header.
+    #[error("CSRF token missing or wrong")]
+    CsrfRejected,
     #[error("rate limited, retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("idempotency key reused with a different request")]
@@ -73,7 +76,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
-            ApiError::Forbidden => ErrorCode::Forbidden,
+            ApiError::Forbidden | ApiError::CsrfRejected => ErrorCode::Forbidden,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             ApiError::IdempotencyKeyInFlight => ErrorCode::IdempotencyKeyInFlight,
@@ -114,6 +117,7 @@ impl ApiError {
                 problem.with_detail(format!("retry after {retry_after_secs} s"))
             }
             ApiError::ServiceUnavailable(detail) => problem.with_detail(*detail),
+            ApiError::CsrfRejected => problem.with_detail("CSRF token missing or wrong"),
             ApiError::RouteNotFound
             | ApiError::Forbidden
             | ApiError::IdempotencyKeyReused
@@ -288,6 +292,7 @@ mod tests {
             ),
             (ApiError::Unauthorized("x"), ErrorCode::Unauthorized),
             (ApiError::Forbidden, ErrorCode::Forbidden),
+            (ApiError::CsrfRejected, ErrorCode::Forbidden),
             (
                 ApiError::RateLimited {
                     retry_after_secs: 1,

@@ -11,6 +11,8 @@
 //!   bucket `gateway_sse_tickets` that let a browser open it;
 //! - [`error`]: the one error type and its problem+json mapping;
 //! - [`openapi`]: `/openapi.json`, generated from the route table and the native routes;
+//! - [`console`]: the web console at `/console` (embedded static files) and its
+//!   cookie session, accepted on the admin routes (`/v1/admin/…`) only;
 //! - [`server`]: the HTTP middleware stack; [`Application`]: startup and shutdown.
 //!
 //! Architecture invariant: its only state is the idempotency and ticket buckets (shared
@@ -19,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod idempotency;
 pub mod openapi;
@@ -165,6 +168,7 @@ impl Application {
             &server::HttpOptions {
                 http_timeout: config.http_timeout,
                 cors_origins: config.cors_origins.clone(),
+                cookie_secure: config.cookie_secure,
             },
         );
         Ok(Application {

@@ -12,6 +12,13 @@ use contracts::api::{
     RsvpPage, RsvpRequest, RsvpResult, StreamTicket, TokenResponse, UpdateEventRequest, User,
 };
 use contracts::events::{EventStatus, RsvpCounts, RsvpStatus};
+use contracts::hospital::{
+    AuditEntry, AuditPage, BulkRequest, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter,
+    DeadLetterDetail, DeadLetterFilter, DeadLetterPage, DeadLetterStatus, Diagnosis,
+    EditReplayRequest, EditReplayResult, ErrorKind, FailureGroup, FailureGroupList, GroupKey,
+    Header, HospitalStats, Job, JobKind, JobList, JobStatus, MessageWhereabouts, Outcome,
+    PauseRequest, ReplayRequest, ResumeRequest, Selection, WhereaboutsList,
+};
 use contracts::{ErrorCode, FieldError, Problem, Role};
 use utoipa::ToSchema;
 use utoipa::openapi::path::{
@@ -27,13 +34,18 @@ use utoipa::openapi::{
     ResponseBuilder,
 };
 
+use crate::console::{CSRF_HEADER, SESSION_COOKIE};
 use crate::error::PROBLEM_JSON;
-use crate::routes::{AuthRule, NativeRoute, Route, RouteTable, native_routes};
+use crate::routes::{
+    AuthRule, MAX_DURABLE_LEN, NativeRoute, ParamKind, Route, RouteTable, native_routes,
+};
 
 /// Name of the bearer security scheme.
 const BEARER: &str = "bearer";
 /// Name of the stream-ticket security scheme (only the notification stream takes it).
 const TICKET: &str = "stream_ticket";
+/// Name of the console's session-cookie scheme (admin routes only).
+const SESSION: &str = "console_session";
 
 type Schemas = BTreeMap<String, RefOr<Schema>>;
 
@@ -79,6 +91,38 @@ fn schemas() -> Schemas {
     add::<Notification>(&mut s);
     add::<NotificationPage>(&mut s);
     add::<StreamTicket>(&mut s);
+    // The message hospital's admin API.
+    add::<ErrorKind>(&mut s);
+    add::<Diagnosis>(&mut s);
+    add::<DeadLetterStatus>(&mut s);
+    add::<DeadLetter>(&mut s);
+    add::<DeadLetterPage>(&mut s);
+    add::<DeadLetterDetail>(&mut s);
+    add::<Header>(&mut s);
+    add::<DeadLetterFilter>(&mut s);
+    add::<FailureGroup>(&mut s);
+    add::<FailureGroupList>(&mut s);
+    add::<Selection>(&mut s);
+    add::<GroupKey>(&mut s);
+    add::<ReplayRequest>(&mut s);
+    add::<BulkRequest>(&mut s);
+    add::<BulkResult>(&mut s);
+    add::<JobKind>(&mut s);
+    add::<JobStatus>(&mut s);
+    add::<Job>(&mut s);
+    add::<JobList>(&mut s);
+    add::<EditReplayRequest>(&mut s);
+    add::<EditReplayResult>(&mut s);
+    add::<PauseRequest>(&mut s);
+    add::<ResumeRequest>(&mut s);
+    add::<ConsumerState>(&mut s);
+    add::<HospitalStats>(&mut s);
+    add::<Outcome>(&mut s);
+    add::<ConsumerOutcome>(&mut s);
+    add::<MessageWhereabouts>(&mut s);
+    add::<WhereaboutsList>(&mut s);
+    add::<AuditEntry>(&mut s);
+    add::<AuditPage>(&mut s);
     s
 }
 
@@ -170,12 +214,20 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
             route.subject.trim_start_matches("svc.").replace('.', "_"),
         ));
     for name in path_params(&route.path) {
+        let schema: Schema = match ParamKind::of(name) {
+            ParamKind::Uuid => string_schema(Some(KnownFormat::Uuid)),
+            ParamKind::Durable => ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!("^[A-Za-z0-9_-]{{1,{MAX_DURABLE_LEN}}}$")))
+                .into(),
+            ParamKind::Segment => string_schema(None),
+        };
         op = op.parameter(
             ParameterBuilder::new()
                 .name(name)
                 .parameter_in(ParameterIn::Path)
                 .required(Required::True)
-                .schema(Some(string_schema(Some(KnownFormat::Uuid)))),
+                .schema(Some(schema)),
         );
     }
     for name in route.query {
@@ -218,8 +270,25 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
     for status in error_statuses(route) {
         op = op.response(status.to_string(), problem_response(status));
     }
+    if route.auth == AuthRule::Admin && route.method != Method::GET {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(CSRF_HEADER)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "Required when authenticated by the console's session cookie: the value \
+                     of the `mesh_csrf` cookie",
+                ))
+                .schema(Some(string_schema(None))),
+        );
+    }
     if route.auth != AuthRule::Public {
         op = op.security(SecurityRequirement::new(BEARER, Vec::<String>::new()));
+    }
+    if route.auth == AuthRule::Admin {
+        // The console's alternative: its session cookie (used only without a bearer token).
+        op = op.security(SecurityRequirement::new(SESSION, Vec::<String>::new()));
     }
     op.build()
 }
@@ -318,6 +387,15 @@ pub fn document(routes: &RouteTable) -> OpenApi {
             ),
         )
         .security_scheme(
+            SESSION,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                SESSION_COOKIE,
+                "The web console's session (set by `POST /console/login`, admins only); \
+                 accepted on `/v1/admin/…` without an `Authorization` header, and on \
+                 anything but GET only with `X-CSRF-Token` equal to the `mesh_csrf` cookie",
+            ))),
+        )
+        .security_scheme(
             TICKET,
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
                 "ticket",
@@ -380,6 +458,56 @@ mod tests {
         }
         assert!(json["components"]["securitySchemes"][BEARER].is_object());
         assert!(json["components"]["securitySchemes"][TICKET].is_object());
+        assert!(json["components"]["securitySchemes"][SESSION].is_object());
+    }
+
+    #[test]
+    fn admin_routes_use_hospital_schemas_and_typed_params() {
+        let table = RouteTable::new(routes()).expect("compiles");
+        let json = serde_json::to_value(document(&table)).expect("serializes");
+        let schemas = &json["components"]["schemas"];
+        for name in [
+            "ErrorKind",
+            "Diagnosis",
+            "DeadLetterStatus",
+            "DeadLetter",
+            "DeadLetterPage",
+            "DeadLetterDetail",
+            "Header",
+            "DeadLetterFilter",
+            "FailureGroup",
+            "FailureGroupList",
+            "Selection",
+            "GroupKey",
+            "ReplayRequest",
+            "BulkRequest",
+            "BulkResult",
+            "JobKind",
+            "JobStatus",
+            "Job",
+            "JobList",
+            "EditReplayRequest",
+            "EditReplayResult",
+            "PauseRequest",
+            "ResumeRequest",
+            "ConsumerState",
+            "HospitalStats",
+            "Outcome",
+            "ConsumerOutcome",
+            "MessageWhereabouts",
+            "WhereaboutsList",
+            "AuditEntry",
+            "AuditPage",
+        ] {
+            assert!(schemas[name].is_object(), "schema {name} missing");
+        }
+        let pause = &json["paths"]["/v1/admin/consumers/{durable}/pause"]["post"];
+        let durable = &pause["parameters"][0];
+        assert_eq!(durable["name"], "durable");
+        assert!(durable["schema"]["pattern"].is_string(), "{durable}");
+        assert_eq!(pause["security"].as_array().map(Vec::len), Some(2));
+        let get = &json["paths"]["/v1/admin/dlq/messages/{id}"]["get"];
+        assert_eq!(get["parameters"][0]["schema"]["format"], "uuid");
     }
 
     #[test]

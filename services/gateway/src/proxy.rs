@@ -15,14 +15,16 @@ use bytes::{Bytes, BytesMut};
 use contracts::rpc::{Caller, RpcReply, RpcRequest};
 use contracts::subjects::headers as mesh_headers;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::auth::KeyStore;
+use crate::console;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyKey, StoredResponse};
 use crate::ratelimit::{RateKey, RateLimits};
-use crate::routes::{Matched, RouteTable};
+use crate::routes::{AuthRule, Matched, Route, RouteTable};
 use crate::stream::StreamOptions;
 use crate::tickets::Tickets;
 
@@ -77,7 +79,7 @@ impl Gateway {
         span.record("http.route", &*route.path);
         span.record("otel.name", format!("{} {}", route.method, route.path));
 
-        let caller = self.keys.authorize(route.auth, &parts.headers).await?;
+        let caller = self.authenticate(route, &parts).await?;
         let scope = match &caller {
             Some(Caller { user_id, .. }) => RateKey::User(*user_id),
             None => RateKey::Ip(client_ip(&parts)),
@@ -154,8 +156,43 @@ impl Gateway {
         }
     }
 
+    /// The caller of a matched route. An admin route called without an `Authorization`
+    /// header may be authenticated by the console's session cookie instead (and then,
+    /// unless it is a GET, only with the CSRF header); every other route takes a bearer
+    /// token only, so the cookie never authenticates anything outside `/v1/admin/`.
+    async fn authenticate(&self, route: &Route, parts: &Parts) -> Result<Option<Caller>, ApiError> {
+        if route.auth == AuthRule::Admin
+            && let Some(token) = console::session_credentials(parts)?
+        {
+            return self
+                .keys
+                .authorize_token(AuthRule::Admin, token)
+                .await
+                .map(Some);
+        }
+        self.keys.authorize(route.auth, &parts.headers).await
+    }
+
     /// Sends the call and turns the service's reply into the HTTP response to give.
     async fn forward(&self, call: &Call) -> Result<StoredResponse, ApiError> {
+        let reply: RpcReply<Value> = self
+            .request(
+                &call.subject,
+                call.payload.clone(),
+                call.request_id.as_deref(),
+            )
+            .await?;
+        stored_from_reply(reply)
+    }
+
+    /// One request/reply exchange with a service: the decoded reply, or the transport
+    /// failure as the error the client gets.
+    pub(crate) async fn request<T: DeserializeOwned>(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        request_id: Option<&str>,
+    ) -> Result<RpcReply<T>, ApiError> {
         // A disconnected client would queue the request until the timeout; say at once
         // that nothing can answer.
         if !runtime::nats::is_connected(&self.client) {
@@ -163,24 +200,24 @@ impl Gateway {
         }
         let span = tracing::info_span!(
             "rpc.client",
-            otel.name = %call.subject,
+            otel.name = %subject,
             otel.kind = "client",
-            rpc.subject = %call.subject,
+            rpc.subject = %subject,
         );
         let mut headers = async_nats::HeaderMap::new();
         // The client span is the parent of the service's server span.
         span.in_scope(|| runtime::trace::inject_current(&mut headers));
         headers.insert(mesh_headers::CONTENT_TYPE, contracts::wire::CONTENT_TYPE);
-        if let Some(id) = &call.request_id {
-            headers.insert(mesh_headers::REQUEST_ID, id.as_str());
+        if let Some(id) = request_id {
+            headers.insert(mesh_headers::REQUEST_ID, id);
         }
         let request = async_nats::Request::new()
             .headers(headers)
-            .payload(call.payload.clone())
+            .payload(payload)
             .timeout(Some(self.request_timeout));
         let message = self
             .client
-            .send_request(call.subject.clone(), request)
+            .send_request(subject.to_owned(), request)
             .instrument(span)
             .await
             .map_err(|e| match e.kind() {
@@ -203,9 +240,8 @@ impl Gateway {
                 error.to_string(),
             ));
         }
-        let reply: RpcReply<Value> = contracts::wire::decode(&message.payload)
-            .map_err(|e| ApiError::internal("cannot decode the service reply", e))?;
-        stored_from_reply(reply)
+        contracts::wire::decode(&message.payload)
+            .map_err(|e| ApiError::internal("cannot decode the service reply", e))
     }
 }
 
@@ -273,7 +309,7 @@ fn respond(stored: StoredResponse, replayed: bool) -> Response {
 
 /// The peer address (set by `into_make_service_with_connect_info`); unspecified when the
 /// router runs without a socket (in-process tests).
-fn client_ip(parts: &Parts) -> IpAddr {
+pub(crate) fn client_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -289,7 +325,7 @@ pub(crate) fn parse_query(parts: &Parts) -> Result<BTreeMap<String, String>, Api
 }
 
 /// Bodies must be declared JSON (parameters such as `charset` are allowed).
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -304,7 +340,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Reads the body, refusing more than `limit` bytes (by `Content-Length` up front, and
 /// while reading for chunked bodies).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = ApiError::PayloadTooLarge { limit };
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::Method;
-use contracts::subjects::{auth, calendar, push};
+use contracts::subjects::{auth, calendar, hospital, push};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -102,7 +102,7 @@ impl Route {
 /// The public API.
 pub fn routes() -> Vec<Route> {
     use AuthRule::{Public, User};
-    vec![
+    let mut routes = vec![
         Route::new(
             Method::POST,
             "/v1/auth/register",
@@ -250,6 +250,144 @@ pub fn routes() -> Vec<Route> {
         .returns(200, Some("RsvpPage"))
         .query(&["limit", "cursor"])
         .summary("List an event's RSVPs"),
+    ];
+    routes.extend(admin_routes());
+    routes
+}
+
+/// Query parameters of the dead-letter index (see `contracts::hospital::DeadLetterFilter`).
+const DLQ_FILTER_QUERY: &[&str] = &[
+    "durable",
+    "subject",
+    "message_type",
+    "error_kind",
+    "error",
+    "status",
+    "from",
+    "to",
+    "fingerprint",
+    "limit",
+    "cursor",
+];
+
+/// The message hospital's admin API (role `admin`; the console may call it with its
+/// session cookie, see [`crate::console`]).
+pub fn admin_routes() -> Vec<Route> {
+    use AuthRule::Admin;
+    vec![
+        Route::new(
+            Method::GET,
+            "/v1/admin/dlq/messages",
+            hospital::RPC_LIST,
+            Admin,
+        )
+        .returns(200, Some("DeadLetterPage"))
+        .query(DLQ_FILTER_QUERY)
+        .summary("Dead letters, newest first, filtered"),
+        Route::new(
+            Method::GET,
+            "/v1/admin/dlq/messages/{id}",
+            hospital::RPC_GET,
+            Admin,
+        )
+        .returns(200, Some("DeadLetterDetail"))
+        .summary("One dead letter with its headers, decoded body, history and audit"),
+        Route::new(
+            Method::GET,
+            "/v1/admin/dlq/groups",
+            hospital::RPC_GROUPS,
+            Admin,
+        )
+        .returns(200, Some("FailureGroupList"))
+        .query(DLQ_FILTER_QUERY)
+        .summary("Failures grouped by consumer and cause"),
+        Route::new(
+            Method::POST,
+            "/v1/admin/dlq/replay",
+            hospital::RPC_REPLAY,
+            Admin,
+        )
+        .body("ReplayRequest")
+        .returns(200, Some("BulkResult"))
+        .summary("Re-send parked messages to the consumer that failed them"),
+        Route::new(
+            Method::POST,
+            "/v1/admin/dlq/discard",
+            hospital::RPC_DISCARD,
+            Admin,
+        )
+        .body("BulkRequest")
+        .returns(200, Some("BulkResult"))
+        .summary("Drop parked messages on purpose, with a reason"),
+        Route::new(
+            Method::POST,
+            "/v1/admin/dlq/purge",
+            hospital::RPC_PURGE,
+            Admin,
+        )
+        .body("BulkRequest")
+        .returns(200, Some("BulkResult"))
+        .summary("Discard parked messages and delete their stored copies"),
+        Route::new(
+            Method::POST,
+            "/v1/admin/dlq/messages/{id}/edit-replay",
+            hospital::RPC_EDIT_REPLAY,
+            Admin,
+        )
+        .body("EditReplayRequest")
+        .returns(200, Some("EditReplayResult"))
+        .summary("Replace a dead letter's body and replay the edited copy"),
+        Route::new(Method::GET, "/v1/admin/dlq/jobs", hospital::RPC_JOBS, Admin)
+            .returns(200, Some("JobList"))
+            .query(&["limit", "status"])
+            .summary("Bulk jobs, newest first"),
+        Route::new(
+            Method::GET,
+            "/v1/admin/dlq/jobs/{id}",
+            hospital::RPC_JOB,
+            Admin,
+        )
+        .returns(200, Some("Job"))
+        .summary("One bulk job and its progress"),
+        Route::new(
+            Method::GET,
+            "/v1/admin/dlq/stats",
+            hospital::RPC_STATS,
+            Admin,
+        )
+        .returns(200, Some("HospitalStats"))
+        .summary("Consumers' lag, parked counts and pause state; the DLQ stream's size"),
+        Route::new(
+            Method::GET,
+            "/v1/admin/dlq/where",
+            hospital::RPC_WHERE,
+            Admin,
+        )
+        .returns(200, Some("WhereaboutsList"))
+        .query(&["message_id", "trace_id"])
+        .summary("Where a message is: each consumer's outcome"),
+        Route::new(Method::GET, "/v1/admin/audit", hospital::RPC_AUDIT, Admin)
+            .returns(200, Some("AuditPage"))
+            .query(&["limit", "cursor", "action", "target"])
+            .summary("Ops actions, newest first"),
+        Route::new(
+            Method::POST,
+            "/v1/admin/consumers/{durable}/pause",
+            hospital::RPC_PAUSE,
+            Admin,
+        )
+        .body("PauseRequest")
+        .returns(200, Some("ConsumerState"))
+        .summary("Pause a durable consumer (deliveries stop until resumed or expired)"),
+        Route::new(
+            Method::POST,
+            "/v1/admin/consumers/{durable}/resume",
+            hospital::RPC_RESUME,
+            Admin,
+        )
+        .body("ResumeRequest")
+        .returns(200, Some("ConsumerState"))
+        .summary("Resume a paused durable consumer"),
     ]
 }
 
@@ -452,14 +590,52 @@ fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<usize> {
     Some(literals)
 }
 
-/// Ids (`id`, `*_id`) must be UUIDs; they are passed on in canonical form.
+/// The kind of value a path parameter holds, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `id`, `*_id`: a UUID, passed on in canonical form.
+    Uuid,
+    /// `durable`: a consumer name, `[A-Za-z0-9_-]{1,64}` (it becomes part of NATS
+    /// subjects and API names, where `.`, `*`, `>` and spaces mean something else).
+    Durable,
+    /// Anything else: one non-empty segment, passed on as is.
+    Segment,
+}
+
+impl ParamKind {
+    pub fn of(name: &str) -> Self {
+        if name == "id" || name.ends_with("_id") {
+            ParamKind::Uuid
+        } else if name == "durable" {
+            ParamKind::Durable
+        } else {
+            ParamKind::Segment
+        }
+    }
+}
+
+/// Longest durable name accepted in a path.
+pub const MAX_DURABLE_LEN: usize = 64;
+
 fn parse_param(name: &str, value: &str) -> Result<String, ApiError> {
-    if name == "id" || name.ends_with("_id") {
-        Uuid::parse_str(value)
+    match ParamKind::of(name) {
+        ParamKind::Uuid => Uuid::parse_str(value)
             .map(|u| u.to_string())
-            .map_err(|_| ApiError::BadRequest(format!("path parameter {name} must be a UUID")))
-    } else {
-        Ok(value.to_owned())
+            .map_err(|_| ApiError::BadRequest(format!("path parameter {name} must be a UUID"))),
+        ParamKind::Durable => {
+            let ok = (1..=MAX_DURABLE_LEN).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if ok {
+                Ok(value.to_owned())
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "path parameter {name} must be 1-{MAX_DURABLE_LEN} of A-Z, a-z, 0-9, _ and -"
+                )))
+            }
+        }
+        ParamKind::Segment => Ok(value.to_owned()),
     }
 }
 
@@ -477,7 +653,10 @@ mod tests {
         let t = table();
         let id = Uuid::now_v7().to_string();
         for r in routes() {
-            let path = r.path.replace("{id}", &id);
+            let path = r
+                .path
+                .replace("{id}", &id)
+                .replace("{durable}", "email-auth");
             let m = t.find(&r.method, &path).expect("matches");
             assert_eq!(m.route.subject, r.subject);
         }
@@ -579,6 +758,55 @@ mod tests {
         let t = RouteTable::new(rs).expect("compiles");
         let m = t.find(&Method::GET, "/v1/tags/rust").expect("matches");
         assert_eq!(m.params.get("name").map(String::as_str), Some("rust"));
+    }
+
+    #[test]
+    fn admin_routes_are_admin_only_and_durables_are_checked() {
+        let admin: Vec<Route> = admin_routes();
+        assert_eq!(admin.len(), 14);
+        for r in &admin {
+            assert_eq!(r.auth, AuthRule::Admin, "{} {}", r.method, r.path);
+            assert!(r.path.starts_with("/v1/admin/"), "{}", r.path);
+            assert!(
+                routes().contains(r),
+                "{} {} not in the table",
+                r.method,
+                r.path
+            );
+        }
+        let t = table();
+        let m = t
+            .find(&Method::POST, "/v1/admin/consumers/email-calendar_2/pause")
+            .expect("matches");
+        assert_eq!(m.route.subject, hospital::RPC_PAUSE);
+        assert_eq!(
+            m.params.get("durable").map(String::as_str),
+            Some("email-calendar_2")
+        );
+        let long = "a".repeat(MAX_DURABLE_LEN + 1);
+        for bad in ["a.b", "a*", "%3E", "a%20b", long.as_str()] {
+            let err = t
+                .find(&Method::POST, &format!("/v1/admin/consumers/{bad}/resume"))
+                .expect_err(bad);
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{bad}");
+        }
+        let max = "a".repeat(MAX_DURABLE_LEN);
+        assert!(
+            t.find(&Method::POST, &format!("/v1/admin/consumers/{max}/resume"))
+                .is_ok()
+        );
+        let err = t
+            .find(&Method::GET, "/v1/admin/dlq/messages/not-a-uuid")
+            .expect_err("rejected");
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+        let id = Uuid::now_v7();
+        let m = t
+            .find(
+                &Method::POST,
+                &format!("/v1/admin/dlq/messages/{id}/edit-replay"),
+            )
+            .expect("matches");
+        assert_eq!(m.route.subject, hospital::RPC_EDIT_REPLAY);
     }
 
     #[test]

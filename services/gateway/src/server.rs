@@ -1,6 +1,6 @@
 //! The HTTP stack: the generic handler behind request ids, tracing, CORS, the request
 //! timeout and the problem+json safety net; the gateway's own notification-stream routes,
-//! health, readiness and the OpenAPI document beside it.
+//! the web console, health, readiness and the OpenAPI document beside it.
 //!
 //! The request timeout bounds producing the response (for a stream: authentication,
 //! subscribing and the response headers), not the body: a notification stream stays
@@ -24,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::console;
 use crate::error::{ApiError, problemize};
 use crate::idempotency;
 use crate::proxy::{self, Gateway, REQUEST_ID_HEADER};
@@ -34,6 +35,8 @@ use crate::stream;
 pub struct HttpOptions {
     pub http_timeout: Duration,
     pub cors_origins: Vec<String>,
+    /// Whether the console's cookies are marked `Secure`.
+    pub cookie_secure: bool,
 }
 
 /// The gateway's whole router.
@@ -48,7 +51,8 @@ pub fn router(
         .route(stream::STREAM_PATH, get(stream::open))
         .route(stream::TICKET_PATH, post(stream::issue_ticket))
         .fallback(proxy::handle)
-        .with_state(gateway)
+        .with_state(gateway.clone())
+        .merge(console::router(gateway, options.cookie_secure))
         .merge(runtime::health::router(readiness))
         .route(
             "/openapi.json",

@@ -150,7 +150,7 @@ pub async fn open(State(gateway): State<Arc<Gateway>>, request: Request) -> Resp
     }
 }
 
-fn record_route(method: &axum::http::Method, path: &'static str) {
+pub(crate) fn record_route(method: &axum::http::Method, path: &'static str) {
     let span = tracing::Span::current();
     span.record("http.route", path);
     span.record("otel.name", format!("{method} {path}"));

@@ -241,7 +241,14 @@ impl ReceivedMail {
     }
 }
 
-/// A private aiosmtpd on a free port that stores every mail in a maildir. Killed on drop.
+/// Where `mesh_smtp.py` (the test handler) lives.
+fn handler_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// A private aiosmtpd on a free port that stores every mail in a maildir, and refuses
+/// with a permanent 550 every recipient whose address starts with `reject`. Killed on
+/// drop.
 pub struct SmtpServer {
     port: u16,
     maildir: PathBuf,
@@ -289,9 +296,13 @@ impl SmtpServer {
         let mut cmd = Command::new(python());
         cmd.args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(["-c", "mesh_smtp.RejectingMailbox"])
             .arg(&self.maildir)
-            .env("PYTHONPATH", python_path(&self.tools)?)
+            .env("PYTHONPATH", {
+                let mut paths = vec![handler_dir()];
+                paths.extend(std::env::split_paths(&python_path(&self.tools)?));
+                std::env::join_paths(paths).context("Failed to build PYTHONPATH")?
+            })
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
