@@ -50,6 +50,12 @@ pub const KNOWN_SERVICES: &[ServiceSpec] = &[
         database: true,
     },
     ServiceSpec {
+        name: "hospital",
+        binary: "mesh-hospital",
+        http_addr: "127.0.0.1:8085",
+        database: true,
+    },
+    ServiceSpec {
         name: "gateway",
         binary: "mesh-gateway",
         http_addr: "127.0.0.1:8080",
@@ -58,7 +64,7 @@ pub const KNOWN_SERVICES: &[ServiceSpec] = &[
 ];
 
 /// The services `run` starts unless `--services` says otherwise.
-pub const DEFAULT_SERVICES: &[&str] = &["auth", "calendar", "email", "push", "gateway"];
+pub const DEFAULT_SERVICES: &[&str] = &["auth", "calendar", "email", "push", "hospital", "gateway"];
 
 const DEFAULT_NATS_PORT: u16 = 14222;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

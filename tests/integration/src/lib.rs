@@ -102,7 +102,9 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Packages whose binaries the harness builds when one is missing.
-const SERVICE_PACKAGES: &[&str] = &["auth", "calendar", "gateway", "email", "push"];
+const SERVICE_PACKAGES: &[&str] = &[
+    "auth", "calendar", "gateway", "email", "push", "hospital", "meshctl",
+];
 
 /// Build the service binaries once per test process (the first caller builds, the
 /// others wait for it).
@@ -152,7 +154,7 @@ pub fn service_binary(name: &str) -> Result<PathBuf> {
 }
 
 fn binary_name(name: &str) -> String {
-    if name.starts_with("mesh-") {
+    if name.starts_with("mesh-") || name == "meshctl" {
         name.to_owned()
     } else {
         format!("mesh-{name}")
@@ -999,6 +1001,7 @@ const MESH_SERVICES: &[(&str, bool)] = &[
     ("calendar", true),
     ("email", true),
     ("push", true),
+    ("hospital", true),
     ("gateway", false),
 ];
 

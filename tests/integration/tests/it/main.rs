@@ -3,6 +3,7 @@
 //! databases, on SQLite and on PostgreSQL (`TEST_BACKENDS=sqlite` narrows it).
 
 mod foundation;
+mod hospital;
 mod subscribers;
 
 use std::future::Future;
