@@ -179,13 +179,17 @@ impl HandlerError {
         HandlerError::Permanent(e.into())
     }
 
-    /// The error and its causes, `: `-separated.
+    /// The error and its causes, `: `-separated. Many errors already print their
+    /// source in their own message; a cause whose text is already there is not repeated.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();
         let mut source = std::error::Error::source(self).and_then(|s| s.source());
         while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
+            let part = s.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
             source = s.source();
         }
         text
@@ -768,6 +772,27 @@ mod tests {
         assert!(policy(4, &[100, 200, 300]).validate().is_ok());
         assert!(policy(4, &[]).validate().is_err());
         assert!(policy(4, &[0]).validate().is_err());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Smtp {
+        // Prints its source itself, as many library errors do.
+        #[error("SMTP connection error: {0}")]
+        Connect(#[source] Refused),
+        #[error("SMTP send failed")]
+        Send(#[source] Refused),
+    }
+
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let printed = HandlerError::transient(Smtp::Connect(Refused));
+        assert_eq!(printed.chain(), "transient: SMTP connection error: connection refused");
+        let chained = HandlerError::permanent(Smtp::Send(Refused));
+        assert_eq!(chained.chain(), "permanent: SMTP send failed: connection refused");
     }
 
     #[test]
