@@ -320,13 +320,44 @@ async fn provision(js: &jetstream::Context, config: &Config) -> Result<(), Provi
     Ok(())
 }
 
-/// Marks jobs of dead processes failed (and frees their claims) every few seconds.
+/// Marks jobs of dead processes failed (and frees their claims) every few seconds, and
+/// refreshes the hospital's gauges.
 async fn sweep(hospital: Hospital, cancel: CancellationToken) {
+    let mut rounds = 0u64;
     while pause(SWEEP_EVERY, &cancel).await {
         match hospital.sweep_stale_jobs(STALE_JOB_AFTER).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "jobs of a stopped process marked failed"),
             Err(e) => tracing::warn!(error = %e, "cannot sweep stale jobs"),
         }
+        if rounds.is_multiple_of(METRICS_EVERY_ROUNDS) {
+            publish_gauges(&hospital).await;
+        }
+        rounds += 1;
     }
+}
+
+/// Sweep rounds between two refreshes of the gauges.
+const METRICS_EVERY_ROUNDS: u64 = 5;
+
+/// Dead-letter depth, lag, ack-pending and redeliveries per durable consumer, for
+/// `/metrics` (the same figures `meshctl dlq stats` shows).
+async fn publish_gauges(hospital: &Hospital) {
+    let stats = match hospital.stats().await {
+        Ok(stats) => stats,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read stats for metrics");
+            return;
+        }
+    };
+    for c in stats.consumers {
+        let labels = [("durable", c.durable.clone()), ("stream", c.stream.clone())];
+        metrics::gauge!("mesh_dlq_depth", &labels).set(c.parked as f64);
+        metrics::gauge!("mesh_consumer_pending", &labels).set(c.pending as f64);
+        metrics::gauge!("mesh_consumer_ack_pending", &labels).set(c.ack_pending as f64);
+        metrics::gauge!("mesh_consumer_redelivered", &labels).set(c.redelivered as f64);
+        metrics::gauge!("mesh_consumer_paused", &labels).set(if c.paused { 1.0 } else { 0.0 });
+    }
+    metrics::gauge!("mesh_dlq_stream_messages").set(stats.dlq_messages as f64);
+    metrics::gauge!("mesh_dlq_stream_bytes").set(stats.dlq_bytes as f64);
 }

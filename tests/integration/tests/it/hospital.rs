@@ -240,6 +240,32 @@ async fn hospital_journey(backend: Backend) -> Result<()> {
     })
     .await?;
 
+    // the depth per consumer is a metric too, and the workers count what they parked
+    let hospital_metrics = mesh.service("hospital").url("/metrics");
+    poll_until(WAIT, "mesh_dlq_depth for email-calendar", || {
+        let url = hospital_metrics.clone();
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|l| {
+                    l.starts_with("mesh_dlq_depth{")
+                        && l.contains("durable=\"email-calendar\"")
+                        && !l.ends_with(" 0")
+                })
+                .then_some(())
+        }
+    })
+    .await?;
+    let email_metrics = reqwest::get(mesh.service("email").url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        email_metrics.contains("mesh_dlq_parked_total{")
+            && email_metrics.contains("kind=\"permanent\""),
+        "email counts its parks: {email_metrics}"
+    );
+
     // where is the garbage? parked at both consumers
     let (status, _, whereabouts) = api
         .get(
