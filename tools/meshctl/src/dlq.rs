@@ -511,10 +511,26 @@ async fn wait_for(client: &mut Client, mut job: Job, io: &mut Io<'_>) -> Result<
     }
     bar.set_prefix(kind_name(job.kind));
     let id = job.id.to_string();
+    // Without a terminal (CI, a pipe, a log file) progress is a plain line per second.
+    let mut last_line: Option<(Instant, u64)> = None;
     loop {
+        let position = job.done + job.skipped + job.failed;
         bar.set_length(job.total);
-        bar.set_position(job.done + job.skipped + job.failed);
+        bar.set_position(position);
         bar.set_message(format!("(skipped {}, failed {})", job.skipped, job.failed));
+        let due = last_line
+            .is_none_or(|(at, pos)| pos != position && at.elapsed() >= Duration::from_secs(1));
+        if !io.progress && due && job.status == JobStatus::Running {
+            let _ = writeln!(
+                io.err,
+                "{}: {position}/{} (skipped {}, failed {})",
+                kind_name(job.kind),
+                job.total,
+                job.skipped,
+                job.failed
+            );
+            last_line = Some((Instant::now(), position));
+        }
         if job.status != JobStatus::Running {
             break;
         }

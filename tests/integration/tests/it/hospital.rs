@@ -716,6 +716,10 @@ async fn ten_thousand_replayed_once_with_meshctl_and_rerun_sends_nothing() -> Re
     ensure!(ok, "meshctl dlq replay: {out} {err}");
     println!("$ meshctl dlq replay --group {key} --rate 0 --reason ...\n{out}{err}(took {took:?})");
     ensure!(
+        err.contains(&format!("/{N} (skipped")),
+        "progress was shown: {err}"
+    );
+    ensure!(
         out.contains(&N.to_string()) || err.contains(&N.to_string()),
         "the summary names {N}: {out} {err}"
     );
