@@ -303,6 +303,7 @@ async fn provision(js: &jetstream::Context, config: &Config) -> Result<(), Provi
                 bucket: subjects::buckets::CONSUMER_FAILURES.to_owned(),
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 history: 1,
+                num_replicas: runtime::nats::stream_replicas(),
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
             })

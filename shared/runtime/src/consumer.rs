@@ -686,6 +686,7 @@ async fn provision_ward(js: &jetstream::Context) {
                 bucket: subjects::buckets::CONSUMER_FAILURES.to_owned(),
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 history: 1,
+                num_replicas: crate::nats::stream_replicas(),
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
             })
@@ -790,9 +791,15 @@ mod tests {
     #[test]
     fn error_chain_names_each_cause_once() {
         let printed = HandlerError::transient(Smtp::Connect(Refused));
-        assert_eq!(printed.chain(), "transient: SMTP connection error: connection refused");
+        assert_eq!(
+            printed.chain(),
+            "transient: SMTP connection error: connection refused"
+        );
         let chained = HandlerError::permanent(Smtp::Send(Refused));
-        assert_eq!(chained.chain(), "permanent: SMTP send failed: connection refused");
+        assert_eq!(
+            chained.chain(),
+            "permanent: SMTP send failed: connection refused"
+        );
     }
 
     #[test]

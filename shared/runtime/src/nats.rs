@@ -50,8 +50,17 @@ pub async fn connect(
     if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
         options = options.user_and_password(user.clone(), password.clone());
     }
+    // NATS_URL may list several servers, comma-separated (the nodes of a cluster):
+    // the client connects to one of them and fails over to the others. async-nats
+    // parses a single string as one URL, so the list is split here.
+    let servers: Vec<&str> = config
+        .nats_url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     options
-        .connect(&config.nats_url)
+        .connect(servers)
         .await
         .map_err(|source| NatsError::Connect {
             url: config.nats_url.clone(),
@@ -64,10 +73,19 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
+/// Replicas of every stream and bucket the mesh provisions: `NATS_STREAM_REPLICAS`,
+/// default 1 (a single server); 3 on a three-node JetStream cluster.
+pub fn stream_replicas() -> usize {
+    crate::config::parse("NATS_STREAM_REPLICAS", 1usize)
+        .unwrap_or(1)
+        .clamp(1, 5)
+}
+
 /// The JetStream configuration of a mesh stream: file storage, limits retention (so it
 /// can be browsed and replayed), and an explicit duplicate window for outbox dedupe.
 pub fn stream_config(spec: &StreamSpec) -> stream::Config {
     stream::Config {
+        num_replicas: stream_replicas(),
         name: spec.name.to_owned(),
         description: Some(spec.description.to_owned()),
         subjects: spec.subjects.iter().map(|s| (*s).to_owned()).collect(),
@@ -108,6 +126,7 @@ pub async fn provision_bucket(
         bucket: name.to_owned(),
         max_age: ttl,
         history: 1,
+        num_replicas: stream_replicas(),
         storage: stream::StorageType::File,
         ..Default::default()
     })

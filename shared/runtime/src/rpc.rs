@@ -1,10 +1,14 @@
 //! Request/reply endpoints as NATS micro services.
 //!
-//! A service declares its endpoints as data ([`Endpoint`]: name, subject, the public
-//! HTTP route it backs, and a typed async handler) and [`serve`] runs them: all replicas
-//! join one queue group (each request reaches one replica), every request runs in its
-//! own task under a concurrency limit, inherits the caller's trace context, and on
-//! shutdown the endpoints stop taking requests while in-flight ones finish.
+//! A service declares its endpoints as data ([`Endpoint`]: name, subject, a typed async
+//! handler and, for endpoints behind the gateway, the public [`Route`] it backs) and
+//! [`serve`] runs them: all replicas join one queue group (each request reaches one
+//! replica), every request runs in its own task under a concurrency limit, inherits the
+//! caller's trace context, and on shutdown the endpoints stop taking requests while
+//! in-flight ones finish.
+//!
+//! The routes are published in the NATS service metadata (`$SRV.INFO`, format in
+//! [`crate::routes`]): the gateway routes from what it discovers there.
 //!
 //! A body that does not decode into the handler's request type is answered with
 //! `validation_failed` and serde's explanation; handlers only see well-typed input.
@@ -26,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::routes::Route;
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<Vec<u8>> + Send + Sync>;
 
@@ -34,9 +40,18 @@ type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<Vec<u8>> + Send + Sync>;
 pub struct Endpoint {
     pub name: &'static str,
     pub subject: &'static str,
-    /// The public route it serves, e.g. `PUT /v1/events/{id}/rsvp` (discovery metadata).
-    pub http: Option<&'static str>,
+    /// The public route it backs, published as discovery metadata; `None` for endpoints
+    /// only other services call (e.g. the key set, stream resumption).
+    pub route: Option<Route>,
     handler: Handler,
+}
+
+impl Endpoint {
+    /// Declares the public route this endpoint backs.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = Some(route);
+        self
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -44,18 +59,13 @@ impl std::fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("name", &self.name)
             .field("subject", &self.subject)
-            .field("http", &self.http)
+            .field("route", &self.route.as_ref().map(Route::http))
             .finish()
     }
 }
 
 /// Builds an endpoint from a typed handler.
-pub fn endpoint<B, T, F, Fut>(
-    name: &'static str,
-    subject: &'static str,
-    http: Option<&'static str>,
-    handler: F,
-) -> Endpoint
+pub fn endpoint<B, T, F, Fut>(name: &'static str, subject: &'static str, handler: F) -> Endpoint
 where
     B: DeserializeOwned + Send + 'static,
     T: Serialize + Send + 'static,
@@ -83,9 +93,35 @@ where
     Endpoint {
         name,
         subject,
-        http,
+        route: None,
         handler,
     }
+}
+
+/// Attaches each `(subject, route)` to the endpoint with that subject: a service keeps
+/// its public routes in one table beside its handlers. A route naming no endpoint is a
+/// bug; it is logged and left out.
+pub fn with_routes(
+    mut endpoints: Vec<Endpoint>,
+    routes: Vec<(&'static str, Route)>,
+) -> Vec<Endpoint> {
+    for (subject, route) in routes {
+        match endpoints.iter_mut().find(|e| e.subject == subject) {
+            Some(e) => e.route = Some(route),
+            None => tracing::error!(
+                subject,
+                route = %route.http(),
+                "route declared for an endpoint that does not exist"
+            ),
+        }
+    }
+    endpoints
+}
+
+/// The service-level discovery metadata of `endpoints` (the schemas their routes name,
+/// see [`crate::routes::service_metadata`]).
+pub fn service_metadata(endpoints: &[Endpoint]) -> HashMap<String, String> {
+    crate::routes::service_metadata(endpoints.iter().filter_map(|e| e.route.as_ref()))
 }
 
 fn encode_reply<T: Serialize>(reply: &RpcReply<T>) -> Vec<u8> {
@@ -130,6 +166,7 @@ pub async fn serve(
     let service = client
         .service_builder()
         .description(spec.description)
+        .metadata(service_metadata(&spec.endpoints))
         .queue_group(contracts::subjects::RPC_QUEUE_GROUP)
         .start(spec.name, spec.version)
         .await
@@ -138,10 +175,11 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
     let mut loops = Vec::new();
     for ep in spec.endpoints {
-        let mut metadata = HashMap::new();
-        if let Some(http) = ep.http {
-            metadata.insert("http".to_owned(), http.to_owned());
-        }
+        let metadata = ep
+            .route
+            .as_ref()
+            .map(Route::to_metadata)
+            .unwrap_or_default();
         let mut stream = service
             .endpoint_builder()
             .name(ep.name)
