@@ -4,9 +4,11 @@
 //! - `test`: install the test tools, make sure PostgreSQL answers, build, `cargo test`.
 //! - `lint`: rustfmt check and clippy with warnings as errors.
 //! - `tools`: only install the tools into `.tools` and print where they are.
+//! - `compose-check`: validate `compose/` without a container engine (CI).
 //!
 //! Kept to std + anyhow + libc so it compiles in seconds.
 
+mod compose;
 mod run;
 mod sys;
 mod tools;
@@ -30,6 +32,10 @@ commands:
         (TEST_DATABASE_URL), build the binaries, run `cargo test --workspace [args]`
   lint  cargo fmt --check, then clippy on every target with -D warnings
   tools install nats-server and aiosmtpd into .tools and print their paths
+  compose-check
+        validate compose/ without a container engine: docker-compose config, hadolint,
+        Dockerfile binaries vs the workspace, compose env vs what each service reads,
+        nats.conf (installs Debian's docker-compose under CI=true, hadolint into .tools)
 
 environment: NATS_SERVER_BIN (use this nats-server), MESH_NATS_PORT, TEST_DATABASE_URL,
              PYTHON (default python3), CARGO_TARGET_DIR
@@ -72,6 +78,10 @@ fn dispatch(args: &[String]) -> Result<i32> {
         }
         "test" => test(&root, rest),
         "lint" => lint(&root),
+        "compose-check" => {
+            no_args("compose-check", rest)?;
+            compose::check(&root)
+        }
         "tools" => {
             no_args("tools", rest)?;
             let env = tool_env(&root)?;
