@@ -13,6 +13,10 @@
 //! - [`Mesh`] / [`MeshBuilder`]: nats + auth + calendar + gateway, ready to serve.
 //! - [`Api`]: HTTP helpers against the gateway (register, login, any request).
 //! - [`poll_until`], [`poll_until_ok`]: wait for an effect with a deadline, never `sleep`.
+//! - For a service started in-process by its own tests: [`backend_tests!`] and
+//!   [`run_scenario`] (a scenario per backend), [`common_config`], [`rpc`] (a request as
+//!   the gateway sends it), [`expect_status`], [`expect_problem`], [`http_status`],
+//!   [`consumer_info`], [`wait_settled`].
 //! - [`free_port`], [`unique_email`].
 //!
 //! Environment:
@@ -23,7 +27,8 @@
 //! - `TEST_BACKENDS`: `sqlite`, `postgres` or both (comma list) for [`backends`].
 //! - `TEST_LOG`: service logs are printed when a process handle drops (the test runner
 //!   shows them only for failing tests): the last lines by default, everything with
-//!   `TEST_LOG=1`, nothing with `TEST_LOG=0`.
+//!   `TEST_LOG=1`, nothing with `TEST_LOG=0`. A service running inside the test process
+//!   logs to the test output only with `TEST_LOG=1` ([`init_in_process_logs`]).
 //! - `TEST_KEEP_DB=1`: keep the PostgreSQL test databases instead of dropping them.
 //! - `MESH_BIN_DIR`: where the service binaries are (default: the profile directory of
 //!   the running test, e.g. `target/debug`). Missing binaries are built once per test
@@ -46,6 +51,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use contracts::rpc::{RpcReply, RpcRequest};
+use contracts::{ErrorCode, Problem};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -672,6 +681,15 @@ impl TestDb {
         Ok(db)
     }
 
+    /// A fresh database on `backend` that owns its storage: a SQLite file in its own
+    /// tempdir ([`Self::sqlite_temp`]) or a new PostgreSQL database ([`Self::postgres`]).
+    pub async fn new(backend: Backend) -> Result<Self> {
+        match backend {
+            Backend::Sqlite => Self::sqlite_temp(),
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+
     /// A new database `mesh_test_<uuid>` on the server of [`test_database_url`].
     pub async fn postgres() -> Result<Self> {
         use sqlx::Connection;
@@ -765,6 +783,157 @@ impl Drop for TestDb {
         });
         let _ = done_rx.recv_timeout(Duration::from_secs(10));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Services in-process: scenarios, requests over NATS, replies, consumers
+// ---------------------------------------------------------------------------------------
+
+/// With `TEST_LOG=1`, the logs of a service running inside the test process go to the
+/// test's output under `service`'s name. Set up once per test binary (one service each).
+pub fn init_in_process_logs(service: &'static str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
+        ONCE.call_once(|| std::mem::forget(runtime::telemetry::init(service)));
+    }
+}
+
+/// Runs one backend's copy of a scenario: skipped (and passing) when `TEST_BACKENDS`
+/// leaves `backend` out, else with [`init_in_process_logs`] for `service`.
+pub async fn run_scenario<F, Fut>(
+    service: &'static str,
+    backend: Backend,
+    scenario: F,
+) -> Result<()>
+where
+    F: FnOnce(Backend) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    if !backends().contains(&backend) {
+        eprintln!("skipped: TEST_BACKENDS leaves out {backend}");
+        return Ok(());
+    }
+    init_in_process_logs(service);
+    scenario(backend).await
+}
+
+/// One test module per scenario with one `#[tokio::test]` per backend, each running
+/// the scenario through [`run_scenario`]. A service's test helpers wrap it in their own
+/// `both_backends!`:
+///
+/// ```ignore
+/// integration::backend_tests!("calendar-test"; [sqlite => Sqlite, postgres => Postgres];
+///     creates_an_event, cancels_an_event);
+/// // → mod creates_an_event { async fn sqlite() …; async fn postgres() … } …
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($service:expr; $backends:tt; $($name:ident),* $(,)?) => {$(
+        $crate::backend_tests!(@scenario $service; $backends; $name);
+    )*};
+    (@scenario $service:expr; [$($test:ident => $backend:ident),+ $(,)?]; $name:ident) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() -> anyhow::Result<()> {
+                    $crate::run_scenario($service, $crate::Backend::$backend, super::$name).await
+                }
+            )+
+        }
+    };
+}
+
+/// The settings every service shares, for one started inside a test: `nats_url`, HTTP
+/// on a port the kernel picks (the service reports it), provisioning on, a 5 s grace.
+pub fn common_config(nats_url: &str) -> runtime::config::CommonConfig {
+    runtime::config::CommonConfig {
+        nats_url: nats_url.to_owned(),
+        nats_user: None,
+        nats_password: None,
+        http_addr: "127.0.0.1:0".to_owned(),
+        provision: true,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// Sends `request` to `subject` the way the gateway does (NATS request/reply, wire
+/// encoding) and decodes the `RpcReply<T>`; fails when no reply comes within `timeout`.
+pub async fn rpc<B: Serialize, T: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    request: &RpcRequest<B>,
+    timeout: Duration,
+) -> Result<RpcReply<T>> {
+    let payload = contracts::wire::encode(request)?;
+    let reply = tokio::time::timeout(timeout, client.request(subject.to_owned(), payload.into()))
+        .await
+        .with_context(|| format!("{subject}: no reply in time"))?
+        .with_context(|| format!("{subject}: request failed"))?;
+    contracts::wire::decode(&reply.payload).with_context(|| format!("{subject}: bad reply"))
+}
+
+/// The body of a success reply with exactly `status`; anything else is an error.
+pub fn expect_status<T: fmt::Debug>(reply: RpcReply<T>, status: u16) -> Result<T> {
+    match reply {
+        RpcReply::Ok { status: s, body } if s == status => Ok(body),
+        other => bail!("expected {status}, got {other:?}"),
+    }
+}
+
+/// The problem of an error reply with `code` (and that code's status); anything else is
+/// an error.
+pub fn expect_problem<T: fmt::Debug>(reply: RpcReply<T>, code: ErrorCode) -> Result<Problem> {
+    match reply {
+        RpcReply::Err(p) if p.code == code => {
+            anyhow::ensure!(p.status == code.status(), "{code} with status {}", p.status);
+            Ok(p)
+        }
+        other => bail!("expected {code}, got {other:?}"),
+    }
+}
+
+/// `GET path` over plain HTTP/1.0 on `127.0.0.1:port` (a service's `/healthz` or
+/// `/readyz`); returns the status code.
+pub async fn http_status(port: u16, path: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP response: {text}"))
+}
+
+/// The state of durable `durable` on `stream`.
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<async_nats::jetstream::consumer::Info> {
+    let s = js.get_stream(stream).await?;
+    Ok(s.consumer_info(durable).await?)
+}
+
+/// Waits until a durable has settled (acked or terminated) every message it has.
+pub async fn wait_settled(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+    timeout: Duration,
+) -> Result<async_nats::jetstream::consumer::Info> {
+    poll_until(
+        timeout,
+        &format!("{durable} to settle every message"),
+        || async {
+            let info = consumer_info(js, stream, durable).await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(info)
+        },
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1460,6 +1629,10 @@ mod tests {
             "postgres://u:p@h:1/x?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "x")?, "postgres://h/x");
+        assert_eq!(
+            with_database("postgres://h:5432", "z")?,
+            "postgres://h:5432/z"
+        );
         assert_eq!(
             with_database("postgres://h?a=b", "x")?,
             "postgres://h/x?a=b"

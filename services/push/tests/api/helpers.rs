@@ -1,15 +1,12 @@
-//! The harness: a private nats-server, a fresh database per test, the push service
-//! in-process, event fixtures and publishers, request helpers and live subscriptions.
+//! The push service's side of the harness: its `Config`, the service in-process, event
+//! fixtures and publishers, request helpers and live subscriptions. NATS, databases,
+//! polling and reply checks come from the `integration` crate.
 //!
-//! Environment: `NATS_SERVER_BIN` (else `<repo>/.tools/bin/nats-server`, else
-//! `/tmp/natsbin/bin/nats-server`), `TEST_DATABASE_URL` (PostgreSQL admin URL, default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), `TEST_BACKENDS` (`sqlite`,
-//! `postgres` or both, comma separated; default both), `TEST_LOG=1` (service logs).
+//! Environment: see the `integration` crate (`NATS_SERVER_BIN`, `TEST_DATABASE_URL`,
+//! `TEST_BACKENDS`, `TEST_LOG=1` for the service's logs).
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_nats::HeaderMap;
@@ -25,236 +22,36 @@ use contracts::events::{
 };
 use contracts::rpc::{Caller, NoBody, Role, RpcReply, RpcRequest};
 use contracts::subjects::{headers as h, push as subj};
-use contracts::{ErrorCode, Problem};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use push::{Application, Config, StartError, Stats};
-use runtime::config::CommonConfig;
 use runtime::consumer::RetryPolicy;
 use runtime::db::Database;
 use serde::{Serialize, de::DeserializeOwned};
-use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Runs one scenario as two tests, `sqlite` and `postgres`.
+pub use integration::{Backend, NatsServer, TestDb, expect_problem, expect_status};
+
+/// Runs one scenario as two tests, `sqlite` and `postgres` (unless `TEST_BACKENDS`
+/// leaves one out).
 #[macro_export]
 macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                $crate::helpers::run(super::$name, $crate::helpers::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                $crate::helpers::run(super::$name, $crate::helpers::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs a scenario unless `TEST_BACKENDS` leaves its backend out.
-pub async fn run<F, Fut>(scenario: F, backend: Backend) -> Result<()>
-where
-    F: FnOnce(Backend) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let wanted = std::env::var("TEST_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let name = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
+    ($($name:ident),* $(,)?) => {
+        integration::backend_tests!(
+            "push-test"; [sqlite => Sqlite, postgres => Postgres]; $($name),*
+        );
     };
-    if !wanted.split(',').any(|b| b.trim() == name) {
-        eprintln!("skipped: TEST_BACKENDS={wanted}");
-        return Ok(());
-    }
-    init_logs();
-    scenario(backend).await
-}
-
-fn init_logs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
-        ONCE.call_once(|| std::mem::forget(runtime::telemetry::init("push-test")));
-    }
 }
 
 /// Waits for `check` to return `Some`, polling until the deadline.
-pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-// ---- nats-server ----
-
-/// A private nats-server with JetStream on a free port and its own store.
-pub struct NatsServer {
-    pub port: u16,
-    _store: TempDir,
-    child: Option<Child>,
-}
-
-fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
-        return p.into();
-    }
-    let repo_tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/nats-server");
-    if repo_tool.exists() {
-        return repo_tool;
-    }
-    "/tmp/natsbin/bin/nats-server".into()
-}
-
-impl NatsServer {
-    pub async fn start() -> Result<Self> {
-        let port = free_port()?;
-        let store = TempDir::new()?;
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start nats-server (set NATS_SERVER_BIN)")?;
-        let server = NatsServer {
-            port,
-            _store: store,
-            child: Some(child),
-        };
-        poll_until(
-            "nats-server to accept",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-            },
-        )
-        .await?;
-        Ok(server)
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-// ---- databases ----
-
-/// A fresh database: a SQLite file in a temp dir, or a new PostgreSQL database that is
-/// dropped afterwards.
-pub struct TestDb {
-    pub url: String,
-    _dir: Option<TempDir>,
-    pg: Option<(String, String)>, // (admin url, database name)
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-impl TestDb {
-    pub async fn new(backend: Backend) -> Result<Self> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = TempDir::new()?;
-                let url = format!("sqlite://{}/push.db", dir.path().display());
-                Ok(TestDb {
-                    url,
-                    _dir: Some(dir),
-                    pg: None,
-                })
-            }
-            Backend::Postgres => {
-                use sqlx::Connection;
-                let admin = pg_admin_url();
-                let name = format!("push_test_{}", Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .with_context(|| format!("cannot connect to PostgreSQL at {admin}"))?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await?;
-                let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
-                let base = &base[..base.rfind('/').context("admin URL without a path")?];
-                let url = if query.is_empty() {
-                    format!("{base}/{name}")
-                } else {
-                    format!("{base}/{name}?{query}")
-                };
-                Ok(TestDb {
-                    url,
-                    _dir: None,
-                    pg: Some((admin, name)),
-                })
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some((admin, name)) = self.pg.take() else {
-            return;
-        };
-        // Drop is synchronous; run the cleanup on a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
+    integration::poll_until(timeout, what, check).await
 }
 
 // ---- the service ----
@@ -262,15 +59,8 @@ impl Drop for TestDb {
 /// A fast retry schedule, so a wrongly retried message would show within the test.
 pub fn config(nats: &NatsServer, db: &TestDb) -> Config {
     Config {
-        common: CommonConfig {
-            nats_url: nats.url(),
-            nats_user: None,
-            nats_password: None,
-            http_addr: "127.0.0.1:0".into(),
-            provision: true,
-            shutdown_grace: Duration::from_secs(5),
-        },
-        database_url: db.url.clone(),
+        common: integration::common_config(&nats.url()),
+        database_url: db.url().to_owned(),
         retry: RetryPolicy {
             max_deliver: 4,
             backoff: vec![Duration::from_millis(500), Duration::from_millis(1000)],
@@ -363,15 +153,7 @@ impl TestApp {
         subject: &str,
         req: &RpcRequest<B>,
     ) -> Result<RpcReply<T>> {
-        let payload = contracts::wire::encode(req)?;
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.client.request(subject.to_owned(), payload.into()),
-        )
-        .await
-        .with_context(|| format!("{subject}: no reply in time"))?
-        .with_context(|| format!("{subject}: request failed"))?;
-        contracts::wire::decode(&reply.payload).with_context(|| format!("{subject}: bad reply"))
+        integration::rpc(&self.client, subject, req, Duration::from_secs(10)).await
     }
 
     pub async fn list(
@@ -477,21 +259,12 @@ impl TestApp {
     }
 
     pub async fn consumer_info(&self, stream: &str, durable: &str) -> Result<consumer::Info> {
-        let s = self.js.get_stream(stream).await?;
-        Ok(s.consumer_info(durable).await?)
+        integration::consumer_info(&self.js, stream, durable).await
     }
 
     /// Waits until a durable has settled (acked or terminated) every message it has.
     pub async fn wait_drained(&self, stream: &str, durable: &str) -> Result<consumer::Info> {
-        poll_until(
-            &format!("{durable} to settle every message"),
-            Duration::from_secs(30),
-            || async {
-                let info = self.consumer_info(stream, durable).await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(info)
-            },
-        )
-        .await
+        integration::wait_settled(&self.js, stream, durable, Duration::from_secs(30)).await
     }
 
     pub async fn wait_auth(&self) -> Result<consumer::Info> {
@@ -515,18 +288,7 @@ impl TestApp {
 
     /// GET /healthz or /readyz over plain HTTP/1.0; returns the status code.
     pub async fn http_status(&self, path: &str) -> Result<u16> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("bad HTTP response: {text}"))?;
-        Ok(code)
+        integration::http_status(self.http_port, path).await
     }
 
     /// Rows in a table of the service's database.
@@ -732,23 +494,6 @@ impl EventFixture {
 }
 
 // ---- replies ----
-
-pub fn expect_status<T: std::fmt::Debug>(reply: RpcReply<T>, status: u16) -> Result<T> {
-    match reply {
-        RpcReply::Ok { status: s, body } if s == status => Ok(body),
-        other => bail!("expected {status}, got {other:?}"),
-    }
-}
-
-pub fn expect_problem<T: std::fmt::Debug>(reply: RpcReply<T>, code: ErrorCode) -> Result<Problem> {
-    match reply {
-        RpcReply::Err(p) if p.code == code => {
-            anyhow::ensure!(p.status == code.status(), "{code} with status {}", p.status);
-            Ok(p)
-        }
-        other => bail!("expected {code}, got {other:?}"),
-    }
-}
 
 pub fn kinds(items: &[Notification]) -> Vec<NotificationKind> {
     items.iter().map(|n| n.kind).collect()
