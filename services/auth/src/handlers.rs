@@ -13,8 +13,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use contracts::api::{
-    AccessClaims, Jwks, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
-    TOKEN_AUDIENCE, TOKEN_ISSUER, TokenResponse, User,
+    Accepted, AccessClaims, Jwks, LoginRequest, LogoutRequest, PasswordResetConfirm,
+    PasswordResetRequest, Preferences, RefreshRequest, RegisterRequest, TOKEN_AUDIENCE,
+    TOKEN_ISSUER, TokenResponse, User,
 };
 use contracts::events::UserRegisteredV1;
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
@@ -24,7 +25,8 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use runtime::db::{Database, from_micros, is_unique_violation, to_micros};
 use runtime::outbox::RelayWaker;
-use runtime::rpc::{Endpoint, endpoint};
+use runtime::routes::Route;
+use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -97,81 +99,152 @@ fn internal<E: std::error::Error + 'static>(err: E) -> Problem {
     runtime::rpc::internal(&err)
 }
 
-/// The endpoints, each with the public route it backs.
+/// The public routes auth serves, by endpoint subject. Published in its discovery
+/// metadata: the gateway routes and documents them from there. `jwks` has none: only
+/// the gateway calls it.
+pub fn routes() -> Vec<(&'static str, Route)> {
+    vec![
+        (
+            subjects::RPC_REGISTER,
+            Route::post("/v1/auth/register")
+                .public()
+                .request::<RegisterRequest>()
+                .response::<User>(201)
+                .summary("Create an account"),
+        ),
+        (
+            subjects::RPC_LOGIN,
+            Route::post("/v1/auth/login")
+                .public()
+                .request::<LoginRequest>()
+                .response::<TokenResponse>(200)
+                .secret_response()
+                .summary("Exchange email and password for tokens"),
+        ),
+        (
+            subjects::RPC_REFRESH,
+            Route::post("/v1/auth/refresh")
+                .public()
+                .request::<RefreshRequest>()
+                .response::<TokenResponse>(200)
+                .secret_response()
+                .summary("Exchange a refresh token for new tokens (the old one is spent)"),
+        ),
+        (
+            subjects::RPC_LOGOUT,
+            Route::post("/v1/auth/logout")
+                .public()
+                .request::<LogoutRequest>()
+                .empty_response(204)
+                .summary("Revoke a refresh token"),
+        ),
+        (
+            subjects::RPC_ME,
+            Route::get("/v1/me")
+                .user()
+                .response::<User>(200)
+                .summary("The caller's account"),
+        ),
+        (
+            subjects::RPC_GET_PREFERENCES,
+            Route::get("/v1/me/preferences")
+                .user()
+                .response::<Preferences>(200)
+                .summary("The caller's notification preferences"),
+        ),
+        (
+            subjects::RPC_PUT_PREFERENCES,
+            Route::put("/v1/me/preferences")
+                .user()
+                .request::<Preferences>()
+                .response::<Preferences>(200)
+                .summary("Replace the caller's notification preferences (absent kinds are on)"),
+        ),
+        (
+            subjects::RPC_VERIFY_EMAIL,
+            Route::get("/v1/auth/verify-email")
+                .public()
+                .response::<Accepted>(200)
+                .query(&["token"])
+                .summary("Verify an email address with the token from the welcome mail"),
+        ),
+        (
+            subjects::RPC_REQUEST_PASSWORD_RESET,
+            Route::post("/v1/auth/password-reset")
+                .public()
+                .request::<PasswordResetRequest>()
+                .response::<Accepted>(202)
+                .summary("Mail a password reset token (always 202)"),
+        ),
+        (
+            subjects::RPC_CONFIRM_PASSWORD_RESET,
+            Route::post("/v1/auth/password-reset/confirm")
+                .public()
+                .request::<PasswordResetConfirm>()
+                .empty_response(204)
+                .summary("Set a new password with a reset token"),
+        ),
+        (
+            subjects::RPC_UNSUBSCRIBE,
+            Route::post("/v1/unsubscribe")
+                .public()
+                .response::<Accepted>(200)
+                .query(&["token", "kind", "channel"])
+                .summary("One-click unsubscribe (RFC 8058) from one kind of notification"),
+        ),
+    ]
+}
+
+/// The endpoints, each with the public route it backs ([`routes`]).
 pub fn endpoints(state: AuthState) -> Vec<Endpoint> {
     macro_rules! ep {
-        ($name:literal, $subject:expr, $http:expr, $handler:path) => {{
+        ($name:literal, $subject:expr, $handler:path) => {{
             let state = state.clone();
-            endpoint($name, $subject, $http, move |request| {
+            endpoint($name, $subject, move |request| {
                 let state = state.clone();
                 async move { into_reply($handler(&state, request).await) }
             })
         }};
     }
-    vec![
-        ep!(
-            "register",
-            subjects::RPC_REGISTER,
-            Some("POST /v1/auth/register"),
-            register
-        ),
-        ep!(
-            "login",
-            subjects::RPC_LOGIN,
-            Some("POST /v1/auth/login"),
-            login
-        ),
-        ep!(
-            "refresh",
-            subjects::RPC_REFRESH,
-            Some("POST /v1/auth/refresh"),
-            refresh
-        ),
-        ep!(
-            "logout",
-            subjects::RPC_LOGOUT,
-            Some("POST /v1/auth/logout"),
-            logout
-        ),
-        ep!("me", subjects::RPC_ME, Some("GET /v1/me"), me),
-        ep!("jwks", subjects::RPC_JWKS, None, jwks),
+    let endpoints = vec![
+        ep!("register", subjects::RPC_REGISTER, register),
+        ep!("login", subjects::RPC_LOGIN, login),
+        ep!("refresh", subjects::RPC_REFRESH, refresh),
+        ep!("logout", subjects::RPC_LOGOUT, logout),
+        ep!("me", subjects::RPC_ME, me),
+        ep!("jwks", subjects::RPC_JWKS, jwks),
         ep!(
             "verify_email",
             subjects::RPC_VERIFY_EMAIL,
-            Some("GET /v1/auth/verify-email"),
             account::verify_email
         ),
         ep!(
             "password_reset_request",
             subjects::RPC_REQUEST_PASSWORD_RESET,
-            Some("POST /v1/auth/password-reset"),
             account::request_password_reset
         ),
         ep!(
             "password_reset_confirm",
             subjects::RPC_CONFIRM_PASSWORD_RESET,
-            Some("POST /v1/auth/password-reset/confirm"),
             account::confirm_password_reset
         ),
         ep!(
             "preferences_get",
             subjects::RPC_GET_PREFERENCES,
-            Some("GET /v1/me/preferences"),
             preferences::get_preferences
         ),
         ep!(
             "preferences_put",
             subjects::RPC_PUT_PREFERENCES,
-            Some("PUT /v1/me/preferences"),
             preferences::put_preferences
         ),
         ep!(
             "unsubscribe",
             subjects::RPC_UNSUBSCRIBE,
-            Some("POST /v1/unsubscribe"),
             preferences::unsubscribe
         ),
-    ]
+    ];
+    with_routes(endpoints, routes())
 }
 
 /// Creates an account and enqueues `UserRegisteredV1` in the same transaction. The

@@ -5,11 +5,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use contracts::api::{CreateEventRequest, RsvpRequest, UpdateEventRequest};
+use contracts::api::{
+    CreateEventRequest, Event, EventPage, RsvpPage, RsvpRequest, RsvpResult, UpdateEventRequest,
+};
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::calendar as subj;
 use contracts::{ErrorCode, Problem};
-use runtime::rpc::{Endpoint, endpoint};
+use runtime::routes::Route;
+use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -43,7 +46,6 @@ fn route<B, T, F, Fut>(
     calendar: &Arc<Calendar>,
     name: &'static str,
     subject: &'static str,
-    http: &'static str,
     f: F,
 ) -> Endpoint
 where
@@ -53,7 +55,7 @@ where
     Fut: Future<Output = Result<(u16, T), Problem>> + Send + 'static,
 {
     let calendar = calendar.clone();
-    endpoint(name, subject, Some(http), move |req: RpcRequest<B>| {
+    endpoint(name, subject, move |req: RpcRequest<B>| {
         let fut = f(calendar.clone(), req);
         async move {
             match fut.await {
@@ -64,14 +66,74 @@ where
     })
 }
 
-/// Every calendar endpoint, with the public route it backs (discovery metadata).
-pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
+/// The public routes calendar serves, by endpoint subject. Published in its discovery
+/// metadata: the gateway routes and documents them from there. Every one needs a token.
+pub fn routes() -> Vec<(&'static str, Route)> {
     vec![
+        (
+            subj::RPC_CREATE_EVENT,
+            Route::post("/v1/events")
+                .user()
+                .request::<CreateEventRequest>()
+                .response::<Event>(201)
+                .summary("Create an event organized by the caller"),
+        ),
+        (
+            subj::RPC_LIST_EVENTS,
+            Route::get("/v1/events")
+                .user()
+                .response::<EventPage>(200)
+                .query(&["from", "to", "mine", "limit", "cursor"])
+                .summary("List events by start time"),
+        ),
+        (
+            subj::RPC_GET_EVENT,
+            Route::get("/v1/events/{id}")
+                .user()
+                .response::<Event>(200)
+                .summary("One event"),
+        ),
+        (
+            subj::RPC_UPDATE_EVENT,
+            Route::patch("/v1/events/{id}")
+                .user()
+                .request::<UpdateEventRequest>()
+                .response::<Event>(200)
+                .summary("Change an event (organizer only)"),
+        ),
+        (
+            subj::RPC_CANCEL_EVENT,
+            Route::delete("/v1/events/{id}")
+                .user()
+                .response::<Event>(200)
+                .summary("Cancel an event (organizer only)"),
+        ),
+        (
+            subj::RPC_PUT_RSVP,
+            Route::put("/v1/events/{id}/rsvp")
+                .user()
+                .request::<RsvpRequest>()
+                .response::<RsvpResult>(200)
+                .summary("Set the caller's RSVP"),
+        ),
+        (
+            subj::RPC_LIST_RSVPS,
+            Route::get("/v1/events/{id}/rsvps")
+                .user()
+                .response::<RsvpPage>(200)
+                .query(&["limit", "cursor"])
+                .summary("List an event's RSVPs"),
+        ),
+    ]
+}
+
+/// Every calendar endpoint, with the public route it backs ([`routes`]).
+pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
+    let endpoints = vec![
         route(
             &calendar,
             "events_create",
             subj::RPC_CREATE_EVENT,
-            "POST /v1/events",
             |c, req: RpcRequest<CreateEventRequest>| async move {
                 let user = caller(&req)?;
                 Ok((201, c.create_event(user, &req.body).await?))
@@ -81,7 +143,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
             &calendar,
             "events_list",
             subj::RPC_LIST_EVENTS,
-            "GET /v1/events",
             |c, req: RpcRequest<NoBody>| async move {
                 let user = caller(&req)?;
                 let q = EventQuery::parse(&req.query).map_err(Problem::from)?;
@@ -92,7 +153,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
             &calendar,
             "events_get",
             subj::RPC_GET_EVENT,
-            "GET /v1/events/{id}",
             |c, req: RpcRequest<NoBody>| async move {
                 let user = caller(&req)?;
                 let id = path_id(&req)?;
@@ -103,7 +163,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
             &calendar,
             "events_update",
             subj::RPC_UPDATE_EVENT,
-            "PATCH /v1/events/{id}",
             |c, req: RpcRequest<UpdateEventRequest>| async move {
                 let user = caller(&req)?;
                 let id = path_id(&req)?;
@@ -114,7 +173,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
             &calendar,
             "events_cancel",
             subj::RPC_CANCEL_EVENT,
-            "DELETE /v1/events/{id}",
             |c, req: RpcRequest<NoBody>| async move {
                 let user = caller(&req)?;
                 let id = path_id(&req)?;
@@ -125,7 +183,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
             &calendar,
             "rsvp_put",
             subj::RPC_PUT_RSVP,
-            "PUT /v1/events/{id}/rsvp",
             |c, req: RpcRequest<RsvpRequest>| async move {
                 let user = caller(&req)?;
                 let id = path_id(&req)?;
@@ -136,7 +193,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
             &calendar,
             "rsvp_list",
             subj::RPC_LIST_RSVPS,
-            "GET /v1/events/{id}/rsvps",
             |c, req: RpcRequest<NoBody>| async move {
                 let user = caller(&req)?;
                 let id = path_id(&req)?;
@@ -144,5 +200,6 @@ pub fn endpoints(calendar: Arc<Calendar>) -> Vec<Endpoint> {
                 Ok((200, c.list_rsvps(user, id, &q).await?))
             },
         ),
-    ]
+    ];
+    with_routes(endpoints, routes())
 }

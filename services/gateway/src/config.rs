@@ -6,6 +6,8 @@ use std::time::Duration;
 use runtime::ConfigError;
 use runtime::config::{self, CommonConfig};
 
+use crate::catalog::RoutePrefixes;
+
 /// Where the gateway listens when `HTTP_ADDR` is unset.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
@@ -13,8 +15,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `HTTP_ADDR` (default `127.0.0.1:8080`),
-    /// `PROVISION` (create the idempotency and stream-ticket buckets at start, default on)
-    /// and
+    /// `PROVISION` (create the idempotency, stream-ticket and route buckets at start,
+    /// default on) and
     /// `SHUTDOWN_GRACE_MS` (how long in-flight HTTP requests may take on shutdown).
     pub common: CommonConfig,
     /// `GATEWAY_REQUEST_TIMEOUT_MS` (default 5000): how long a service may take to answer
@@ -64,6 +66,24 @@ pub struct Config {
     /// Turn it on whenever the gateway is reached over HTTPS (directly or behind a
     /// TLS-terminating proxy); off suits plain-HTTP development on localhost.
     pub cookie_secure: bool,
+    /// `GATEWAY_ROUTE_PREFIXES` (default
+    /// `auth=/v1/auth,/v1/me,/v1/unsubscribe;calendar=/v1/events;push=/v1/notifications;hospital=/v1/admin`):
+    /// the path prefixes under which each service (by its NATS service name) may declare
+    /// public routes; `;` between services, `,` between prefixes. A declaration outside
+    /// them, by a service not listed, or on a path the gateway serves itself is rejected
+    /// and logged.
+    pub route_prefixes: RoutePrefixes,
+    /// `GATEWAY_DISCOVERY_INTERVAL_SECS` (default 10, at least 1): how often the services'
+    /// route declarations are discovered again (`$SRV.INFO`), so new endpoints and
+    /// instances are picked up without a restart.
+    pub discovery_interval: Duration,
+    /// `GATEWAY_DISCOVERY_WINDOW_MS` (default 250, at least 1): how long the replies of
+    /// the service instances to one discovery request are collected.
+    pub discovery_window: Duration,
+    /// `GATEWAY_DISCOVERY_ON_MISS_MS` (default 1000): a request that matches no route
+    /// triggers a discovery right away (and is matched again after it), at most once per
+    /// this interval; 0 turns that off.
+    pub discovery_on_miss: Duration,
 }
 
 impl Config {
@@ -87,6 +107,10 @@ impl Config {
             sse_ticket_ttl: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(15),
             cookie_secure: false,
+            route_prefixes: RoutePrefixes::default(),
+            discovery_interval: Duration::from_secs(10),
+            discovery_window: Duration::from_millis(250),
+            discovery_on_miss: Duration::from_millis(1_000),
         }
     }
 
@@ -132,6 +156,23 @@ impl Config {
             sse_ticket_ttl: positive_secs("GATEWAY_SSE_TICKET_TTL_SECS", d.sse_ticket_ttl)?,
             sse_keepalive: positive_secs("GATEWAY_SSE_KEEPALIVE_SECS", d.sse_keepalive)?,
             cookie_secure: config::switch("GATEWAY_COOKIE_SECURE", d.cookie_secure)?,
+            route_prefixes: match config::var("GATEWAY_ROUTE_PREFIXES") {
+                None => d.route_prefixes,
+                Some(v) => RoutePrefixes::parse(&v).map_err(|reason| ConfigError::Invalid {
+                    name: "GATEWAY_ROUTE_PREFIXES".to_owned(),
+                    value: v.clone(),
+                    reason,
+                })?,
+            },
+            discovery_interval: positive_secs(
+                "GATEWAY_DISCOVERY_INTERVAL_SECS",
+                d.discovery_interval,
+            )?,
+            discovery_window: positive_millis("GATEWAY_DISCOVERY_WINDOW_MS", d.discovery_window)?,
+            discovery_on_miss: config::millis(
+                "GATEWAY_DISCOVERY_ON_MISS_MS",
+                millis(d.discovery_on_miss),
+            )?,
             common: d.common,
         })
     }
@@ -145,6 +186,19 @@ fn millis(d: Duration) -> u64 {
 /// JetStream, and a zero keep-alive interval would spin.
 fn positive_secs(name: &str, default: Duration) -> Result<Duration, ConfigError> {
     let d = config::secs(name, default.as_secs())?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: "0".to_owned(),
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(d)
+}
+
+/// Milliseconds that must not be zero.
+fn positive_millis(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = config::millis(name, millis(default))?;
     if d.is_zero() {
         return Err(ConfigError::Invalid {
             name: name.to_owned(),

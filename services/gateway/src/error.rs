@@ -12,6 +12,10 @@ use contracts::{ErrorCode, Problem};
 /// `Content-Type` of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// `Retry-After` (seconds) of a 503: no instance answers a known route, the bus or a
+/// store is not there yet. Long enough for a restarting instance to register.
+pub const SERVICE_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,12 @@ impl ApiError {
             }
             ApiError::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::ServiceUnavailable(_) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(SERVICE_UNAVAILABLE_RETRY_AFTER_SECS),
+                );
             }
             _ => {}
         }

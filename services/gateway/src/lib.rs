@@ -4,25 +4,34 @@
 //! that owns it, turning the reply into JSON or problem+json.
 //!
 //! - [`routes`]: the route table (data), matched by one generic handler in [`proxy`];
+//! - [`discovery`]: the live table, built by [`catalog`] from the routes the services
+//!   declare in their NATS discovery metadata (`$SRV.INFO`), refreshed periodically and
+//!   when a request matches nothing, remembered in the shared bucket `gateway_routes`;
 //! - [`auth`]: the JWKS cache and token checks; [`ratelimit`]: per-user and per-IP limits;
 //! - [`idempotency`]: records in the shared JetStream KV bucket `gateway_idempotency`;
 //! - [`stream`]: the live notification stream (Server-Sent Events fed by a core-NATS
 //!   subscription per stream) and [`tickets`], the single-use tickets in the shared
 //!   bucket `gateway_sse_tickets` that let a browser open it;
 //! - [`error`]: the one error type and its problem+json mapping;
-//! - [`openapi`]: `/openapi.json`, generated from the route table and the native routes;
+//! - [`openapi`]: `/openapi.json`, generated from the discovered table (with the schemas
+//!   the services publish) and the native routes;
 //! - [`console`]: the web console at `/console` (embedded static files) and its
 //!   cookie session, accepted on the admin routes (`/v1/admin/…`) only;
 //! - [`server`]: the HTTP middleware stack; [`Application`]: startup and shutdown.
 //!
-//! Architecture invariant: its only state is the idempotency and ticket buckets (shared
-//! by every replica), the JWKS cache, the in-memory rate-limit buckets and the open
-//! notification streams.
+//! Architecture invariant: its only state is the idempotency, ticket and route buckets
+//! (shared by every replica), the JWKS cache, the discovered route table, the in-memory
+//! rate-limit buckets and the open notification streams. It knows no service's routes at
+//! build time: a team ships a new endpoint by deploying only its own service.
 
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod console;
+pub mod discovery;
 pub mod error;
+#[cfg(test)]
+mod fixture;
 pub mod idempotency;
 pub mod openapi;
 pub mod proxy;
@@ -45,6 +54,8 @@ pub use config::Config;
 pub use error::ApiError;
 pub use routes::{AuthRule, Route, RouteTable};
 
+use discovery::{Directory, DiscoveryOptions};
+
 use auth::KeyStore;
 use idempotency::Idempotency;
 use proxy::Gateway;
@@ -57,8 +68,6 @@ pub const SERVICE: &str = "gateway";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("invalid route table")]
-    Routes(#[from] routes::TemplateError),
     #[error(transparent)]
     Nats(#[from] runtime::nats::NatsError),
     #[error("cannot listen on {addr}")]
@@ -67,8 +76,6 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot render the OpenAPI document")]
-    OpenApi(#[source] serde_json::Error),
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -87,9 +94,6 @@ impl Application {
     /// listener and assembles the router. Nothing is served until
     /// [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let routes = RouteTable::new(routes::routes())?;
-        let openapi_json =
-            serde_json::to_vec(&openapi::document(&routes)).map_err(StartupError::OpenApi)?;
         let client = runtime::nats::connect(&config.common, SERVICE).await?;
         let listener = TcpListener::bind(&config.common.http_addr)
             .await
@@ -110,8 +114,17 @@ impl Application {
             config.request_timeout,
             config.jwt_leeway_secs,
         ));
+        let directory = Arc::new(Directory::new(
+            client.clone(),
+            config.route_prefixes.clone(),
+            DiscoveryOptions {
+                interval: config.discovery_interval,
+                window: config.discovery_window,
+                on_miss: config.discovery_on_miss,
+            },
+        ));
         let gateway = Arc::new(Gateway {
-            routes,
+            directory: directory.clone(),
             client: client.clone(),
             keys: keys.clone(),
             limits: Arc::new(RateLimits::new(
@@ -160,11 +173,20 @@ impl Application {
                         Err("bucket not ready yet".to_owned())
                     }
                 }
+            })
+            .check("routes", move || {
+                let ok = directory.is_ready();
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("services not discovered yet".to_owned())
+                    }
+                }
             });
         let router = server::router(
             gateway.clone(),
             readiness,
-            openapi_json.into(),
             &server::HttpOptions {
                 http_timeout: config.http_timeout,
                 cors_origins: config.cors_origins.clone(),
@@ -210,6 +232,7 @@ impl Application {
             gateway.clone(),
             background.clone(),
         ));
+        tokio::spawn(gateway.directory.clone().run(background.clone()));
         tokio::spawn(provision_buckets(
             gateway.clone(),
             config.clone(),
@@ -247,8 +270,9 @@ impl Application {
     }
 }
 
-/// Creates (or, with `PROVISION=off`, looks up) the idempotency and stream-ticket
-/// buckets, retrying until JetStream answers; the routes needing one get 503 until then.
+/// Creates (or, with `PROVISION=off`, looks up) the idempotency, stream-ticket and route
+/// buckets, retrying until JetStream answers; the routes needing one get 503 until then
+/// (discovery works without its bucket, it only cannot remember).
 async fn provision_buckets(gateway: Arc<Gateway>, config: Config, cancel: CancellationToken) {
     let js = async_nats::jetstream::new(gateway.client.clone());
     // Each store is handed over as soon as it is ready, independently of the other.
@@ -260,9 +284,15 @@ async fn provision_buckets(gateway: Arc<Gateway>, config: Config, cancel: Cancel
         let store = open_bucket(&js, &config, buckets::SSE_TICKETS, config.sse_ticket_ttl).await;
         gateway.tickets.set_store(store);
     };
+    let routes = async {
+        // Kept until deleted: a record changes only when its service's routes do, so an
+        // age limit would forget routes that are merely stable.
+        let store = open_bucket(&js, &config, buckets::ROUTES, Duration::ZERO).await;
+        gateway.directory.set_store(store);
+    };
     tokio::select! {
         _ = cancel.cancelled() => {}
-        _ = futures::future::join(idempotency, tickets) => {}
+        _ = futures::future::join3(idempotency, tickets, routes) => {}
     }
 }
 

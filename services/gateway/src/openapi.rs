@@ -1,25 +1,13 @@
-//! `GET /openapi.json`, generated from the route table, the gateway's own routes and the
-//! contracts' schemas, so the document cannot drift from what the gateway actually
-//! routes.
+//! `GET /openapi.json`, generated from the route table, the gateway's own routes, the
+//! schemas the services publish with their routes and the gateway's own (errors, health,
+//! stream tickets), so the document cannot drift from what the gateway actually routes.
+//! It is rebuilt with every discovery round.
 
 use std::collections::BTreeMap;
 
 use axum::http::Method;
-use contracts::api::{
-    Accepted, ChannelPreferences, CreateEventRequest, Event, EventPage, Health, HealthCheck,
-    LoginRequest, LogoutRequest, Notification, NotificationKind, NotificationPage,
-    PasswordResetConfirm, PasswordResetRequest, Preferences, RefreshRequest, RegisterRequest, Rsvp,
-    RsvpPage, RsvpRequest, RsvpResult, StreamTicket, TokenResponse, UpdateEventRequest, User,
-};
-use contracts::events::{EventStatus, RsvpCounts, RsvpStatus};
-use contracts::hospital::{
-    AuditEntry, AuditPage, BulkRequest, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter,
-    DeadLetterDetail, DeadLetterFilter, DeadLetterPage, DeadLetterStatus, Diagnosis,
-    EditReplayRequest, EditReplayResult, ErrorKind, FailureGroup, FailureGroupList, GroupKey,
-    Header, HospitalStats, Job, JobKind, JobList, JobStatus, MessageWhereabouts, Outcome,
-    PauseRequest, ReplayRequest, ResumeRequest, Selection, WhereaboutsList,
-};
-use contracts::{ErrorCode, FieldError, Problem, Role};
+use contracts::api::{Health, HealthCheck, Notification, NotificationKind, StreamTicket};
+use contracts::{ErrorCode, FieldError, Problem};
 use utoipa::ToSchema;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder,
@@ -39,6 +27,7 @@ use crate::error::PROBLEM_JSON;
 use crate::routes::{
     AuthRule, MAX_DURABLE_LEN, NativeRoute, ParamKind, Route, RouteTable, native_routes,
 };
+use runtime::routes::Schemas as Discovered;
 
 /// Name of the bearer security scheme.
 const BEARER: &str = "bearer";
@@ -56,73 +45,18 @@ fn add<T: ToSchema>(schemas: &mut Schemas) {
     schemas.extend(nested);
 }
 
-/// Every contract type the API's bodies are made of.
-fn schemas() -> Schemas {
+/// The schemas of what the gateway answers itself: errors, health, the notification
+/// stream and its tickets. The services publish the schemas of their routes.
+fn own_schemas() -> Schemas {
     let mut s = Schemas::new();
-    add::<RegisterRequest>(&mut s);
-    add::<LoginRequest>(&mut s);
-    add::<RefreshRequest>(&mut s);
-    add::<LogoutRequest>(&mut s);
-    add::<TokenResponse>(&mut s);
-    add::<User>(&mut s);
-    add::<CreateEventRequest>(&mut s);
-    add::<UpdateEventRequest>(&mut s);
-    add::<Event>(&mut s);
-    add::<EventPage>(&mut s);
-    add::<RsvpRequest>(&mut s);
-    add::<Rsvp>(&mut s);
-    add::<RsvpResult>(&mut s);
-    add::<RsvpPage>(&mut s);
-    add::<RsvpCounts>(&mut s);
-    add::<EventStatus>(&mut s);
-    add::<RsvpStatus>(&mut s);
-    add::<Role>(&mut s);
     add::<Problem>(&mut s);
     add::<ErrorCode>(&mut s);
     add::<FieldError>(&mut s);
     add::<Health>(&mut s);
     add::<HealthCheck>(&mut s);
-    add::<Preferences>(&mut s);
-    add::<ChannelPreferences>(&mut s);
-    add::<NotificationKind>(&mut s);
-    add::<PasswordResetRequest>(&mut s);
-    add::<PasswordResetConfirm>(&mut s);
-    add::<Accepted>(&mut s);
     add::<Notification>(&mut s);
-    add::<NotificationPage>(&mut s);
+    add::<NotificationKind>(&mut s);
     add::<StreamTicket>(&mut s);
-    // The message hospital's admin API.
-    add::<ErrorKind>(&mut s);
-    add::<Diagnosis>(&mut s);
-    add::<DeadLetterStatus>(&mut s);
-    add::<DeadLetter>(&mut s);
-    add::<DeadLetterPage>(&mut s);
-    add::<DeadLetterDetail>(&mut s);
-    add::<Header>(&mut s);
-    add::<DeadLetterFilter>(&mut s);
-    add::<FailureGroup>(&mut s);
-    add::<FailureGroupList>(&mut s);
-    add::<Selection>(&mut s);
-    add::<GroupKey>(&mut s);
-    add::<ReplayRequest>(&mut s);
-    add::<BulkRequest>(&mut s);
-    add::<BulkResult>(&mut s);
-    add::<JobKind>(&mut s);
-    add::<JobStatus>(&mut s);
-    add::<Job>(&mut s);
-    add::<JobList>(&mut s);
-    add::<EditReplayRequest>(&mut s);
-    add::<EditReplayResult>(&mut s);
-    add::<PauseRequest>(&mut s);
-    add::<ResumeRequest>(&mut s);
-    add::<ConsumerState>(&mut s);
-    add::<HospitalStats>(&mut s);
-    add::<Outcome>(&mut s);
-    add::<ConsumerOutcome>(&mut s);
-    add::<MessageWhereabouts>(&mut s);
-    add::<WhereaboutsList>(&mut s);
-    add::<AuditEntry>(&mut s);
-    add::<AuditPage>(&mut s);
     s
 }
 
@@ -208,8 +142,11 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
     let tag = route.path.split('/').nth(2).unwrap_or("api");
     let mut op = OperationBuilder::new()
         .tag(tag)
-        .summary(Some(route.summary))
-        .description(Some(format!("Served by `{}`.", route.subject)))
+        .summary(Some(route.summary.as_str()))
+        .description(Some(format!(
+            "Served by `{}` (`{}`).",
+            route.service, route.subject
+        )))
         .operation_id(Some(
             route.subject.trim_start_matches("svc.").replace('.', "_"),
         ));
@@ -230,16 +167,16 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
                 .schema(Some(schema)),
         );
     }
-    for name in route.query {
+    for name in &route.query {
         op = op.parameter(
             ParameterBuilder::new()
-                .name(*name)
+                .name(name)
                 .parameter_in(ParameterIn::Query)
                 .required(Required::False)
                 .schema(Some(string_schema(None))),
         );
     }
-    if route.method == Method::POST {
+    if route.method == Method::POST && route.idempotent {
         op = op.parameter(
             ParameterBuilder::new()
                 .name("Idempotency-Key")
@@ -252,7 +189,7 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
                 .schema(Some(string_schema(None))),
         );
     }
-    if let Some(schema) = route.request_schema {
+    if let Some(schema) = &route.request_schema {
         op = op.request_body(Some(
             RequestBodyBuilder::new()
                 .required(Some(Required::True))
@@ -265,7 +202,7 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
     }
     op = op.response(
         route.success_status.to_string(),
-        json_response("Success", route.response_schema),
+        json_response("Success", route.response_schema.as_deref()),
     );
     for status in error_statuses(route) {
         op = op.response(status.to_string(), problem_response(status));
@@ -342,18 +279,16 @@ fn native_operation(route: &NativeRoute) -> utoipa::openapi::path::Operation {
     op.build()
 }
 
-/// The whole document.
-pub fn document(routes: &RouteTable) -> OpenApi {
+/// The whole document: `discovered` are the schemas the services publish (the gateway's
+/// own take precedence on a name clash).
+pub fn document(routes: &RouteTable, discovered: &Discovered) -> serde_json::Value {
     let mut paths = PathsBuilder::new();
     for route in routes.routes() {
         let Some(method) = http_method(&route.method) else {
             tracing::warn!(method = %route.method, path = %route.path, "method not documentable");
             continue;
         };
-        paths = paths.path(
-            route.path.to_string(),
-            PathItem::new(method, operation(route)),
-        );
+        paths = paths.path(route.path.clone(), PathItem::new(method, operation(route)));
     }
     for route in native_routes() {
         let Some(method) = http_method(&route.method) else {
@@ -376,7 +311,7 @@ pub fn document(routes: &RouteTable) -> OpenApi {
         paths = paths.path(path, PathItem::new(HttpMethod::Get, op));
     }
     let components = ComponentsBuilder::new()
-        .schemas_from_iter(schemas())
+        .schemas_from_iter(own_schemas())
         .security_scheme(
             BEARER,
             SecurityScheme::Http(
@@ -403,7 +338,7 @@ pub fn document(routes: &RouteTable) -> OpenApi {
             ))),
         )
         .build();
-    OpenApiBuilder::new()
+    let doc: OpenApi = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("Mesh API")
@@ -416,21 +351,37 @@ pub fn document(routes: &RouteTable) -> OpenApi {
         )
         .paths(paths.build())
         .components(Some(components))
-        .build()
+        .build();
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    // The discovered schemas are JSON already: added as they are, not re-parsed.
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for (name, schema) in discovered {
+            schemas
+                .entry(name.clone())
+                .or_insert_with(|| schema.clone());
+        }
+    }
+    doc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::routes;
+    use crate::fixture;
+
+    fn doc() -> serde_json::Value {
+        let built = fixture::built();
+        document(&built.table, &built.schemas)
+    }
 
     #[test]
     fn every_route_and_referenced_schema_is_documented() {
-        let table = RouteTable::new(routes()).expect("compiles");
-        let doc = document(&table);
-        let json = serde_json::to_value(&doc).expect("serializes");
+        let json = doc();
         let schemas = &json["components"]["schemas"];
-        for route in routes() {
+        for route in fixture::routes() {
             let method = route.method.as_str().to_lowercase();
             let op = &json["paths"][&*route.path][&method];
             assert!(op.is_object(), "{} {} missing", route.method, route.path);
@@ -439,7 +390,19 @@ mod tests {
                 .iter()
                 .chain(route.response_schema.iter())
             {
-                assert!(schemas[*schema].is_object(), "schema {schema} missing");
+                assert!(schemas[schema].is_object(), "schema {schema} missing");
+                let body = if route.request_schema.as_ref() == Some(schema) {
+                    &op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                } else {
+                    &op["responses"][route.success_status.to_string()]["content"]["application/json"]
+                        ["schema"]["$ref"]
+                };
+                assert_eq!(*body, format!("#/components/schemas/{schema}"));
+            }
+            // Every reference resolves.
+            for r in refs(op) {
+                let name = r.trim_start_matches("#/components/schemas/");
+                assert!(schemas[name].is_object(), "{r} dangles");
             }
             assert!(op["responses"]["500"].is_object());
             assert_eq!(op["security"].is_array(), route.auth != AuthRule::Public);
@@ -463,8 +426,7 @@ mod tests {
 
     #[test]
     fn admin_routes_use_hospital_schemas_and_typed_params() {
-        let table = RouteTable::new(routes()).expect("compiles");
-        let json = serde_json::to_value(document(&table)).expect("serializes");
+        let json = doc();
         let schemas = &json["components"]["schemas"];
         for name in [
             "ErrorKind",
@@ -512,8 +474,7 @@ mod tests {
 
     #[test]
     fn native_routes_are_documented() {
-        let table = RouteTable::new(routes()).expect("compiles");
-        let json = serde_json::to_value(document(&table)).expect("serializes");
+        let json = doc();
         for route in native_routes() {
             let method = route.method.as_str().to_lowercase();
             let op = &json["paths"][route.path][&method];
@@ -532,5 +493,47 @@ mod tests {
             stream["responses"]["200"]["content"]["text/event-stream"].is_object(),
             "{stream}"
         );
+    }
+
+    /// Every `$ref` under `value`.
+    fn refs(value: &serde_json::Value) -> Vec<String> {
+        match value {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .flat_map(|(k, v)| match (k.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => vec![r.to_owned()],
+                    _ => refs(v),
+                })
+                .collect(),
+            serde_json::Value::Array(a) => a.iter().flat_map(refs).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let json = doc();
+        let schemas = &json["components"]["schemas"];
+        let all = refs(&json);
+        assert!(all.len() > 50, "{}", all.len());
+        for r in all {
+            let name = r.trim_start_matches("#/components/schemas/");
+            assert!(schemas[name].is_object(), "{r} dangles");
+        }
+    }
+
+    #[test]
+    fn the_gateway_documents_its_own_routes_without_services() {
+        let json = document(&RouteTable::empty(), &Discovered::new());
+        assert!(json["paths"]["/v1/notifications/stream"]["get"].is_object());
+        assert!(json["paths"]["/healthz"]["get"].is_object());
+        assert!(json["paths"]["/v1/events"].is_null());
+        for r in refs(&json) {
+            let name = r.trim_start_matches("#/components/schemas/");
+            assert!(
+                json["components"]["schemas"][name].is_object(),
+                "{r} dangles"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::client::RequestErrorKind;
 use axum::body::Body;
@@ -21,10 +21,11 @@ use tracing::Instrument;
 
 use crate::auth::KeyStore;
 use crate::console;
+use crate::discovery::Directory;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyKey, StoredResponse};
 use crate::ratelimit::{RateKey, RateLimits};
-use crate::routes::{AuthRule, Matched, Route, RouteTable};
+use crate::routes::{AuthRule, Matched, Route};
 use crate::stream::StreamOptions;
 use crate::tickets::Tickets;
 
@@ -33,7 +34,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Everything the handler needs, shared by all requests.
 pub struct Gateway {
-    pub routes: RouteTable,
+    /// The route table, discovered from the services (see [`crate::discovery`]).
+    pub directory: Arc<Directory>,
     pub client: async_nats::Client,
     pub keys: Arc<KeyStore>,
     pub limits: Arc<RateLimits>,
@@ -49,7 +51,7 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("routes", &self.routes.routes().count())
+            .field("directory", &self.directory)
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
@@ -73,8 +75,17 @@ pub async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Re
 
 impl Gateway {
     async fn serve(self: &Arc<Self>, request: Request) -> Result<Response, ApiError> {
+        let arrived = Instant::now();
         let (parts, body) = request.into_parts();
-        let Matched { route, params } = self.routes.find(&parts.method, parts.uri.path())?;
+        let mut snapshot = self.directory.snapshot();
+        if let Err(ApiError::RouteNotFound | ApiError::MethodNotAllowed { .. }) =
+            snapshot.table.find(&parts.method, parts.uri.path())
+        {
+            // Perhaps deployed a moment ago: look again (rate-limited), then match again.
+            self.directory.refresh_on_miss(arrived).await;
+            snapshot = self.directory.snapshot();
+        }
+        let Matched { route, params } = snapshot.table.find(&parts.method, parts.uri.path())?;
         let span = tracing::Span::current();
         span.record("http.route", &*route.path);
         span.record("otel.name", format!("{} {}", route.method, route.path));
@@ -113,7 +124,7 @@ impl Gateway {
         let payload = contracts::wire::encode(&rpc)
             .map_err(|e| ApiError::internal("cannot encode the service request", e))?;
         let call = Call {
-            subject: route.subject.to_string(),
+            subject: route.subject.clone(),
             payload: payload.into(),
             request_id: parts
                 .headers

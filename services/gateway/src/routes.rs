@@ -1,394 +1,69 @@
 //! The route table: which HTTP route goes to which NATS subject, under which auth rule.
 //!
 //! Routes are data, not handlers: one generic handler serves them all, and the OpenAPI
-//! document is generated from the same table. [`routes`] builds the table in one place
-//! so it can later be fed from the services' discovery metadata (`$SRV.INFO`, endpoint
-//! metadata `{"http": "PUT /v1/events/{id}/rsvp"}`) instead.
+//! document is generated from the same table. The services declare them (see
+//! `runtime::routes`); [`crate::catalog`] turns what discovery found into a
+//! [`RouteTable`].
 //!
 //! A few routes are answered by the gateway itself and are *not* in the table:
 //! [`native_routes`] lists them for the documentation (the notification stream and its
-//! tickets, served by [`crate::stream`]).
+//! tickets, served by [`crate::stream`]), and [`is_reserved`] keeps declarations off
+//! every path the gateway serves itself.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::Method;
-use contracts::subjects::{auth, calendar, hospital, push};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthRule {
-    /// Anyone; rate-limited per client IP.
-    Public,
-    /// A valid access token; rate-limited per user.
-    User,
-    /// A valid access token with role `admin`.
-    Admin,
-}
+pub use runtime::routes::AuthRule;
 
-/// One public route.
+/// One public route, forwarded to the service that declared it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub method: Method,
     /// Path template; `{name}` is a whole-segment parameter, e.g. `/v1/events/{id}`.
-    pub path: Cow<'static, str>,
-    /// The request/reply subject of the owning service.
-    pub subject: Cow<'static, str>,
+    pub path: String,
+    /// The NATS service that declared it.
+    pub service: String,
+    /// The request/reply subject of the endpoint that serves it.
+    pub subject: String,
     pub auth: AuthRule,
     /// Whether the route takes a JSON body (else the service receives `NoBody {}`).
     pub has_body: bool,
     /// Schema names of the request and success bodies (components of the OpenAPI document).
-    pub request_schema: Option<&'static str>,
-    pub response_schema: Option<&'static str>,
+    pub request_schema: Option<String>,
+    pub response_schema: Option<String>,
     /// The status of a success, for the documentation (the service's reply decides).
     pub success_status: u16,
     /// Query parameters the route understands, for the documentation.
-    pub query: &'static [&'static str],
+    pub query: Vec<String>,
     /// One line for the documentation.
-    pub summary: &'static str,
+    pub summary: String,
     /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
     /// (tokens), which must not sit in the shared idempotency store.
     pub idempotent: bool,
 }
 
 impl Route {
-    fn new(method: Method, path: &'static str, subject: &'static str, auth: AuthRule) -> Self {
+    /// The route `service` declared for its endpoint on `subject`.
+    pub fn declared(service: &str, subject: &str, declaration: runtime::routes::Route) -> Self {
         Route {
-            method,
-            path: Cow::Borrowed(path),
-            subject: Cow::Borrowed(subject),
-            auth,
-            has_body: false,
-            request_schema: None,
-            response_schema: None,
-            success_status: 200,
-            query: &[],
-            summary: "",
-            idempotent: true,
+            has_body: declaration.request.is_some(),
+            method: declaration.method,
+            path: declaration.path,
+            service: service.to_owned(),
+            subject: subject.to_owned(),
+            auth: declaration.auth,
+            request_schema: declaration.request,
+            response_schema: declaration.response,
+            success_status: declaration.status,
+            query: declaration.query,
+            summary: declaration.summary,
+            idempotent: declaration.idempotent,
         }
     }
-
-    fn secret_response(mut self) -> Self {
-        self.idempotent = false;
-        self
-    }
-
-    fn body(mut self, schema: &'static str) -> Self {
-        self.has_body = true;
-        self.request_schema = Some(schema);
-        self
-    }
-
-    fn returns(mut self, status: u16, schema: Option<&'static str>) -> Self {
-        self.success_status = status;
-        self.response_schema = schema;
-        self
-    }
-
-    fn query(mut self, names: &'static [&'static str]) -> Self {
-        self.query = names;
-        self
-    }
-
-    fn summary(mut self, summary: &'static str) -> Self {
-        self.summary = summary;
-        self
-    }
-}
-
-/// The public API.
-pub fn routes() -> Vec<Route> {
-    use AuthRule::{Public, User};
-    let mut routes = vec![
-        Route::new(
-            Method::POST,
-            "/v1/auth/register",
-            auth::RPC_REGISTER,
-            Public,
-        )
-        .body("RegisterRequest")
-        .returns(201, Some("User"))
-        .summary("Create an account"),
-        Route::new(Method::POST, "/v1/auth/login", auth::RPC_LOGIN, Public)
-            .body("LoginRequest")
-            .returns(200, Some("TokenResponse"))
-            .secret_response()
-            .summary("Exchange email and password for tokens"),
-        Route::new(Method::POST, "/v1/auth/refresh", auth::RPC_REFRESH, Public)
-            .body("RefreshRequest")
-            .returns(200, Some("TokenResponse"))
-            .secret_response()
-            .summary("Exchange a refresh token for new tokens (the old one is spent)"),
-        Route::new(Method::POST, "/v1/auth/logout", auth::RPC_LOGOUT, Public)
-            .body("LogoutRequest")
-            .returns(204, None)
-            .summary("Revoke a refresh token"),
-        Route::new(Method::GET, "/v1/me", auth::RPC_ME, User)
-            .returns(200, Some("User"))
-            .summary("The caller's account"),
-        Route::new(
-            Method::GET,
-            "/v1/me/preferences",
-            auth::RPC_GET_PREFERENCES,
-            User,
-        )
-        .returns(200, Some("Preferences"))
-        .summary("The caller's notification preferences"),
-        Route::new(
-            Method::PUT,
-            "/v1/me/preferences",
-            auth::RPC_PUT_PREFERENCES,
-            User,
-        )
-        .body("Preferences")
-        .returns(200, Some("Preferences"))
-        .summary("Replace the caller's notification preferences (absent kinds are on)"),
-        Route::new(
-            Method::GET,
-            "/v1/auth/verify-email",
-            auth::RPC_VERIFY_EMAIL,
-            Public,
-        )
-        .returns(200, Some("Accepted"))
-        .query(&["token"])
-        .summary("Verify an email address with the token from the welcome mail"),
-        Route::new(
-            Method::POST,
-            "/v1/auth/password-reset",
-            auth::RPC_REQUEST_PASSWORD_RESET,
-            Public,
-        )
-        .body("PasswordResetRequest")
-        .returns(202, Some("Accepted"))
-        .summary("Mail a password reset token (always 202)"),
-        Route::new(
-            Method::POST,
-            "/v1/auth/password-reset/confirm",
-            auth::RPC_CONFIRM_PASSWORD_RESET,
-            Public,
-        )
-        .body("PasswordResetConfirm")
-        .returns(204, None)
-        .summary("Set a new password with a reset token"),
-        Route::new(
-            Method::POST,
-            "/v1/unsubscribe",
-            auth::RPC_UNSUBSCRIBE,
-            Public,
-        )
-        .returns(200, Some("Accepted"))
-        .query(&["token", "kind", "channel"])
-        .summary("One-click unsubscribe (RFC 8058) from one kind of notification"),
-        Route::new(
-            Method::GET,
-            "/v1/notifications",
-            push::RPC_LIST_NOTIFICATIONS,
-            User,
-        )
-        .returns(200, Some("NotificationPage"))
-        .query(&["limit", "cursor", "unread"])
-        .summary("The caller's notifications, newest first"),
-        Route::new(
-            Method::POST,
-            "/v1/notifications/{id}/read",
-            push::RPC_MARK_READ,
-            User,
-        )
-        .returns(200, Some("Notification"))
-        .summary("Mark a notification read"),
-        Route::new(Method::POST, "/v1/events", calendar::RPC_CREATE_EVENT, User)
-            .body("CreateEventRequest")
-            .returns(201, Some("Event"))
-            .summary("Create an event organized by the caller"),
-        Route::new(Method::GET, "/v1/events", calendar::RPC_LIST_EVENTS, User)
-            .returns(200, Some("EventPage"))
-            .query(&["from", "to", "mine", "limit", "cursor"])
-            .summary("List events by start time"),
-        Route::new(
-            Method::GET,
-            "/v1/events/{id}",
-            calendar::RPC_GET_EVENT,
-            User,
-        )
-        .returns(200, Some("Event"))
-        .summary("One event"),
-        Route::new(
-            Method::PATCH,
-            "/v1/events/{id}",
-            calendar::RPC_UPDATE_EVENT,
-            User,
-        )
-        .body("UpdateEventRequest")
-        .returns(200, Some("Event"))
-        .summary("Change an event (organizer only)"),
-        Route::new(
-            Method::DELETE,
-            "/v1/events/{id}",
-            calendar::RPC_CANCEL_EVENT,
-            User,
-        )
-        .returns(200, Some("Event"))
-        .summary("Cancel an event (organizer only)"),
-        Route::new(
-            Method::PUT,
-            "/v1/events/{id}/rsvp",
-            calendar::RPC_PUT_RSVP,
-            User,
-        )
-        .body("RsvpRequest")
-        .returns(200, Some("RsvpResult"))
-        .summary("Set the caller's RSVP"),
-        Route::new(
-            Method::GET,
-            "/v1/events/{id}/rsvps",
-            calendar::RPC_LIST_RSVPS,
-            User,
-        )
-        .returns(200, Some("RsvpPage"))
-        .query(&["limit", "cursor"])
-        .summary("List an event's RSVPs"),
-    ];
-    routes.extend(admin_routes());
-    routes
-}
-
-/// Query parameters of the dead-letter index (see `contracts::hospital::DeadLetterFilter`).
-const DLQ_FILTER_QUERY: &[&str] = &[
-    "durable",
-    "subject",
-    "message_type",
-    "error_kind",
-    "error",
-    "status",
-    "from",
-    "to",
-    "fingerprint",
-    "limit",
-    "cursor",
-];
-
-/// The message hospital's admin API (role `admin`; the console may call it with its
-/// session cookie, see [`crate::console`]).
-pub fn admin_routes() -> Vec<Route> {
-    use AuthRule::Admin;
-    vec![
-        Route::new(
-            Method::GET,
-            "/v1/admin/dlq/messages",
-            hospital::RPC_LIST,
-            Admin,
-        )
-        .returns(200, Some("DeadLetterPage"))
-        .query(DLQ_FILTER_QUERY)
-        .summary("Dead letters, newest first, filtered"),
-        Route::new(
-            Method::GET,
-            "/v1/admin/dlq/messages/{id}",
-            hospital::RPC_GET,
-            Admin,
-        )
-        .returns(200, Some("DeadLetterDetail"))
-        .summary("One dead letter with its headers, decoded body, history and audit"),
-        Route::new(
-            Method::GET,
-            "/v1/admin/dlq/groups",
-            hospital::RPC_GROUPS,
-            Admin,
-        )
-        .returns(200, Some("FailureGroupList"))
-        .query(DLQ_FILTER_QUERY)
-        .summary("Failures grouped by consumer and cause"),
-        Route::new(
-            Method::POST,
-            "/v1/admin/dlq/replay",
-            hospital::RPC_REPLAY,
-            Admin,
-        )
-        .body("ReplayRequest")
-        .returns(200, Some("BulkResult"))
-        .summary("Re-send parked messages to the consumer that failed them"),
-        Route::new(
-            Method::POST,
-            "/v1/admin/dlq/discard",
-            hospital::RPC_DISCARD,
-            Admin,
-        )
-        .body("BulkRequest")
-        .returns(200, Some("BulkResult"))
-        .summary("Drop parked messages on purpose, with a reason"),
-        Route::new(
-            Method::POST,
-            "/v1/admin/dlq/purge",
-            hospital::RPC_PURGE,
-            Admin,
-        )
-        .body("BulkRequest")
-        .returns(200, Some("BulkResult"))
-        .summary("Discard parked messages and delete their stored copies"),
-        Route::new(
-            Method::POST,
-            "/v1/admin/dlq/messages/{id}/edit-replay",
-            hospital::RPC_EDIT_REPLAY,
-            Admin,
-        )
-        .body("EditReplayRequest")
-        .returns(200, Some("EditReplayResult"))
-        .summary("Replace a dead letter's body and replay the edited copy"),
-        Route::new(Method::GET, "/v1/admin/dlq/jobs", hospital::RPC_JOBS, Admin)
-            .returns(200, Some("JobList"))
-            .query(&["limit", "status"])
-            .summary("Bulk jobs, newest first"),
-        Route::new(
-            Method::GET,
-            "/v1/admin/dlq/jobs/{id}",
-            hospital::RPC_JOB,
-            Admin,
-        )
-        .returns(200, Some("Job"))
-        .summary("One bulk job and its progress"),
-        Route::new(
-            Method::GET,
-            "/v1/admin/dlq/stats",
-            hospital::RPC_STATS,
-            Admin,
-        )
-        .returns(200, Some("HospitalStats"))
-        .summary("Consumers' lag, parked counts and pause state; the DLQ stream's size"),
-        Route::new(
-            Method::GET,
-            "/v1/admin/dlq/where",
-            hospital::RPC_WHERE,
-            Admin,
-        )
-        .returns(200, Some("WhereaboutsList"))
-        .query(&["message_id", "trace_id"])
-        .summary("Where a message is: each consumer's outcome"),
-        Route::new(Method::GET, "/v1/admin/audit", hospital::RPC_AUDIT, Admin)
-            .returns(200, Some("AuditPage"))
-            .query(&["limit", "cursor", "action", "target"])
-            .summary("Ops actions, newest first"),
-        Route::new(
-            Method::POST,
-            "/v1/admin/consumers/{durable}/pause",
-            hospital::RPC_PAUSE,
-            Admin,
-        )
-        .body("PauseRequest")
-        .returns(200, Some("ConsumerState"))
-        .summary("Pause a durable consumer (deliveries stop until resumed or expired)"),
-        Route::new(
-            Method::POST,
-            "/v1/admin/consumers/{durable}/resume",
-            hospital::RPC_RESUME,
-            Admin,
-        )
-        .body("ResumeRequest")
-        .returns(200, Some("ConsumerState"))
-        .summary("Resume a paused durable consumer"),
-    ]
 }
 
 /// A route the gateway answers itself instead of forwarding it (not in the route table;
@@ -461,6 +136,23 @@ pub fn native_routes() -> Vec<NativeRoute> {
     ]
 }
 
+/// Paths the gateway answers itself besides [`native_routes`]: health, metrics, the
+/// OpenAPI document.
+const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+
+/// True when `template` is a path the gateway serves itself (any method): the native
+/// routes, health, metrics, the OpenAPI document and everything under the console.
+/// No service may declare it: the gateway's own handler would shadow it.
+pub fn is_reserved(template: &str) -> bool {
+    let console = crate::console::CONSOLE_PATH;
+    OWN_PATHS.contains(&template)
+        || native_routes().iter().any(|r| r.path == template)
+        || template == console
+        || template
+            .strip_prefix(console)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
@@ -510,23 +202,67 @@ pub struct Matched<'a> {
     pub params: BTreeMap<String, String>,
 }
 
+/// Why a route cannot join a table.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The table has a route with the same method and shape (the one returned).
+    #[error("conflicts with {} {}", .0.method, .0.path)]
+    Conflict(Box<Route>),
+}
+
 /// The compiled table the handler matches against.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<(Route, Vec<Segment>)>,
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Result<Self, TemplateError> {
-        let routes = routes
-            .into_iter()
-            .map(|r| compile(&r.path).map(|segs| (r, segs)))
-            .collect::<Result<_, _>>()?;
-        Ok(RouteTable { routes })
+    pub fn empty() -> Self {
+        RouteTable::default()
+    }
+
+    /// A table of `routes`, which must all be valid and free of conflicts.
+    pub fn new(routes: Vec<Route>) -> Result<Self, InsertError> {
+        let mut table = RouteTable::empty();
+        for r in routes {
+            table.insert(r)?;
+        }
+        Ok(table)
+    }
+
+    /// Adds a route, unless its template is invalid or the table has a route with the
+    /// same method that matches exactly the same paths (literals equal, parameters at
+    /// the same places, whatever their names).
+    pub fn insert(&mut self, route: Route) -> Result<(), InsertError> {
+        let segments = compile(&route.path)?;
+        let clash = self.routes.iter().find(|(r, s)| {
+            r.method == route.method
+                && s.len() == segments.len()
+                && s.iter().zip(&segments).all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param(_), Segment::Param(_)) => true,
+                    _ => false,
+                })
+        });
+        if let Some((other, _)) = clash {
+            return Err(InsertError::Conflict(Box::new(other.clone())));
+        }
+        self.routes.push((route, segments));
+        Ok(())
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().map(|(r, _)| r)
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// The route for `method` and `path`: `RouteNotFound` when no template matches the
@@ -562,6 +298,8 @@ impl RouteTable {
                     allow.push(r.method.clone());
                 }
             }
+            // A stable order, whatever order the routes were discovered in.
+            allow.sort_by_key(method_rank);
             return Err(ApiError::MethodNotAllowed { allow });
         };
         let mut params = BTreeMap::new();
@@ -572,6 +310,22 @@ impl RouteTable {
         }
         Ok(Matched { route, params })
     }
+}
+
+/// The conventional order of methods in an `Allow` header.
+fn method_rank(method: &Method) -> usize {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .iter()
+    .position(|m| m == method)
+    .unwrap_or(usize::MAX)
 }
 
 /// The number of literal segments when `parts` fits `segments`.
@@ -642,10 +396,18 @@ fn parse_param(name: &str, value: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture::{admin_routes, routes, table};
     use contracts::ErrorCode;
+    use contracts::subjects::{calendar, hospital};
 
-    fn table() -> RouteTable {
-        RouteTable::new(routes()).expect("the built-in table compiles")
+    fn route(method: Method, path: &str, subject: &str, auth: AuthRule) -> Route {
+        let declared = runtime::routes::Route::new(method, path);
+        let declared = match auth {
+            AuthRule::Public => declared.public(),
+            AuthRule::User => declared.user(),
+            AuthRule::Admin => declared.admin(),
+        };
+        Route::declared("test", subject, declared)
     }
 
     #[test]
@@ -675,6 +437,7 @@ mod tests {
                 r.path
             );
             assert!(compile(r.path).is_ok(), "{}", r.path);
+            assert!(is_reserved(r.path), "{}", r.path);
             assert!(t.find(&r.method, r.path).is_err(), "{}", r.path);
         }
     }
@@ -735,7 +498,7 @@ mod tests {
     #[test]
     fn literal_segments_win_over_parameters() {
         let mut rs = routes();
-        rs.push(Route::new(
+        rs.push(route(
             Method::GET,
             "/v1/events/mine",
             "svc.test.mine",
@@ -749,7 +512,7 @@ mod tests {
 
     #[test]
     fn non_id_params_pass_through() {
-        let rs = vec![Route::new(
+        let rs = vec![route(
             Method::GET,
             "/v1/tags/{name}",
             "svc.test.tag",
@@ -812,8 +575,53 @@ mod tests {
     #[test]
     fn broken_templates_are_rejected() {
         for bad in ["v1/x", "/v1//x", "/v1/{", "/v1/{}", "/v1/a{b}", "/v1/{a}}"] {
-            let r = Route::new(Method::GET, bad, "svc.x", AuthRule::Public);
+            let r = route(Method::GET, bad, "svc.x", AuthRule::Public);
             assert!(RouteTable::new(vec![r]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes_of_one_method_and_shape_conflict() {
+        let mut t = RouteTable::empty();
+        let get = |path: &str| route(Method::GET, path, "svc.x", AuthRule::User);
+        t.insert(get("/v1/things/{id}")).expect("first");
+        match t.insert(get("/v1/things/{thing_id}")) {
+            Err(InsertError::Conflict(other)) => assert_eq!(other.path, "/v1/things/{id}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        t.insert(get("/v1/things/mine")).expect("more literal");
+        t.insert(route(
+            Method::DELETE,
+            "/v1/things/{x}",
+            "svc.x",
+            AuthRule::User,
+        ))
+        .expect("other method");
+        t.insert(get("/v1/things/{id}/parts")).expect("longer");
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn the_gateway_keeps_its_own_paths() {
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/console",
+            "/console/login",
+            "/console/anything/else",
+            "/v1/notifications/stream",
+            "/v1/notifications/stream/ticket",
+        ] {
+            assert!(is_reserved(path), "{path}");
+        }
+        for path in [
+            "/consoles",
+            "/v1/notifications",
+            "/v1/notifications/{id}/read",
+        ] {
+            assert!(!is_reserved(path), "{path}");
         }
     }
 }

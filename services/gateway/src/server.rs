@@ -1,6 +1,7 @@
 //! The HTTP stack: the generic handler behind request ids, tracing, CORS, the request
 //! timeout and the problem+json safety net; the gateway's own notification-stream routes,
-//! the web console, health, readiness and the OpenAPI document beside it.
+//! the web console, health, readiness and the OpenAPI document (of the current discovered
+//! table) beside it.
 //!
 //! The request timeout bounds producing the response (for a stream: authentication,
 //! subscribing and the response headers), not the body: a notification stream stays
@@ -40,12 +41,8 @@ pub struct HttpOptions {
 }
 
 /// The gateway's whole router.
-pub fn router(
-    gateway: Arc<Gateway>,
-    readiness: Readiness,
-    openapi_json: Bytes,
-    options: &HttpOptions,
-) -> Router {
+pub fn router(gateway: Arc<Gateway>, readiness: Readiness, options: &HttpOptions) -> Router {
+    let directory = gateway.directory.clone();
     let mut app = Router::new()
         // Answered by the gateway itself; everything else goes through the route table.
         .route(stream::STREAM_PATH, get(stream::open))
@@ -57,7 +54,7 @@ pub fn router(
         .route(
             "/openapi.json",
             get(move || {
-                let doc = openapi_json.clone();
+                let doc: Bytes = directory.snapshot().openapi.clone();
                 async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )

@@ -5,12 +5,15 @@
 use std::future::Future;
 
 use contracts::hospital::{
-    BulkRequest, EditReplayRequest, JobKind, PauseRequest, ReplayRequest, ResumeRequest,
+    AuditPage, BulkRequest, BulkResult, ConsumerState, DeadLetterDetail, DeadLetterPage,
+    EditReplayRequest, EditReplayResult, FailureGroupList, HospitalStats, Job, JobKind, JobList,
+    PauseRequest, ReplayRequest, ResumeRequest, WhereaboutsList,
 };
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::hospital as subj;
 use contracts::{ErrorCode, Problem, Role};
-use runtime::rpc::{Endpoint, endpoint};
+use runtime::routes::Route;
+use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -45,7 +48,6 @@ fn route<B, T, F, Fut>(
     hospital: &Hospital,
     name: &'static str,
     subject: &'static str,
-    http: &'static str,
     f: F,
 ) -> Endpoint
 where
@@ -56,7 +58,7 @@ where
 {
     let hospital = hospital.clone();
     let f = std::sync::Arc::new(f);
-    endpoint(name, subject, Some(http), move |req: RpcRequest<B>| {
+    endpoint(name, subject, move |req: RpcRequest<B>| {
         let hospital = hospital.clone();
         let f = f.clone();
         async move {
@@ -73,14 +75,12 @@ fn bulk_kind(
     hospital: &Hospital,
     name: &'static str,
     subject: &'static str,
-    http: &'static str,
     kind: JobKind,
 ) -> Endpoint {
     route(
         hospital,
         name,
         subject,
-        http,
         move |h, actor, req: RpcRequest<BulkRequest>| async move {
             let b = req.body;
             h.bulk(actor, kind, &b.selection, b.dry_run, &b.reason, None)
@@ -89,14 +89,145 @@ fn bulk_kind(
     )
 }
 
-/// Every hospital endpoint, with the public route it backs (discovery metadata).
-pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
+/// Query parameters of the dead-letter index (see `contracts::hospital::DeadLetterFilter`).
+const DLQ_FILTER_QUERY: &[&str] = &[
+    "durable",
+    "subject",
+    "message_type",
+    "error_kind",
+    "error",
+    "status",
+    "from",
+    "to",
+    "fingerprint",
+    "limit",
+    "cursor",
+];
+
+/// The public routes of the admin API, by endpoint subject: role `admin` (the console
+/// may call them with its session cookie). Published in the hospital's discovery
+/// metadata: the gateway routes and documents them from there.
+pub fn routes() -> Vec<(&'static str, Route)> {
     vec![
+        (
+            subj::RPC_LIST,
+            Route::get("/v1/admin/dlq/messages")
+                .admin()
+                .response::<DeadLetterPage>(200)
+                .query(DLQ_FILTER_QUERY)
+                .summary("Dead letters, newest first, filtered"),
+        ),
+        (
+            subj::RPC_GET,
+            Route::get("/v1/admin/dlq/messages/{id}")
+                .admin()
+                .response::<DeadLetterDetail>(200)
+                .summary("One dead letter with its headers, decoded body, history and audit"),
+        ),
+        (
+            subj::RPC_GROUPS,
+            Route::get("/v1/admin/dlq/groups")
+                .admin()
+                .response::<FailureGroupList>(200)
+                .query(DLQ_FILTER_QUERY)
+                .summary("Failures grouped by consumer and cause"),
+        ),
+        (
+            subj::RPC_REPLAY,
+            Route::post("/v1/admin/dlq/replay")
+                .admin()
+                .request::<ReplayRequest>()
+                .response::<BulkResult>(200)
+                .summary("Re-send parked messages to the consumer that failed them"),
+        ),
+        (
+            subj::RPC_DISCARD,
+            Route::post("/v1/admin/dlq/discard")
+                .admin()
+                .request::<BulkRequest>()
+                .response::<BulkResult>(200)
+                .summary("Drop parked messages on purpose, with a reason"),
+        ),
+        (
+            subj::RPC_PURGE,
+            Route::post("/v1/admin/dlq/purge")
+                .admin()
+                .request::<BulkRequest>()
+                .response::<BulkResult>(200)
+                .summary("Discard parked messages and delete their stored copies"),
+        ),
+        (
+            subj::RPC_EDIT_REPLAY,
+            Route::post("/v1/admin/dlq/messages/{id}/edit-replay")
+                .admin()
+                .request::<EditReplayRequest>()
+                .response::<EditReplayResult>(200)
+                .summary("Replace a dead letter's body and replay the edited copy"),
+        ),
+        (
+            subj::RPC_JOBS,
+            Route::get("/v1/admin/dlq/jobs")
+                .admin()
+                .response::<JobList>(200)
+                .query(&["limit", "status"])
+                .summary("Bulk jobs, newest first"),
+        ),
+        (
+            subj::RPC_JOB,
+            Route::get("/v1/admin/dlq/jobs/{id}")
+                .admin()
+                .response::<Job>(200)
+                .summary("One bulk job and its progress"),
+        ),
+        (
+            subj::RPC_STATS,
+            Route::get("/v1/admin/dlq/stats")
+                .admin()
+                .response::<HospitalStats>(200)
+                .summary("Consumers' lag, parked counts and pause state; the DLQ stream's size"),
+        ),
+        (
+            subj::RPC_WHERE,
+            Route::get("/v1/admin/dlq/where")
+                .admin()
+                .response::<WhereaboutsList>(200)
+                .query(&["message_id", "trace_id"])
+                .summary("Where a message is: each consumer's outcome"),
+        ),
+        (
+            subj::RPC_AUDIT,
+            Route::get("/v1/admin/audit")
+                .admin()
+                .response::<AuditPage>(200)
+                .query(&["limit", "cursor", "action", "target"])
+                .summary("Ops actions, newest first"),
+        ),
+        (
+            subj::RPC_PAUSE,
+            Route::post("/v1/admin/consumers/{durable}/pause")
+                .admin()
+                .request::<PauseRequest>()
+                .response::<ConsumerState>(200)
+                .summary("Pause a durable consumer (deliveries stop until resumed or expired)"),
+        ),
+        (
+            subj::RPC_RESUME,
+            Route::post("/v1/admin/consumers/{durable}/resume")
+                .admin()
+                .request::<ResumeRequest>()
+                .response::<ConsumerState>(200)
+                .summary("Resume a paused durable consumer"),
+        ),
+    ]
+}
+
+/// Every hospital endpoint, with the public route it backs ([`routes`]).
+pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
+    let endpoints = vec![
         route(
             hospital,
             "dlq_list",
             subj::RPC_LIST,
-            "GET /v1/admin/dlq/messages",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let filter = domain::parse_filter(&req.query)?;
                 let limit = domain::parse_limit(&req.query)?;
@@ -108,7 +239,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "dlq_get",
             subj::RPC_GET,
-            "GET /v1/admin/dlq/messages/{id}",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let id = domain::parse_id(req.params.get("id"))?;
                 h.get(id).await
@@ -118,7 +248,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "dlq_groups",
             subj::RPC_GROUPS,
-            "GET /v1/admin/dlq/groups",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let q = domain::parse_group_query(&req.query)?;
                 h.groups(&q).await
@@ -128,7 +257,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "dlq_replay",
             subj::RPC_REPLAY,
-            "POST /v1/admin/dlq/replay",
             |h, actor, req: RpcRequest<ReplayRequest>| async move {
                 let b = req.body;
                 h.bulk(
@@ -142,25 +270,12 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
                 .await
             },
         ),
-        bulk_kind(
-            hospital,
-            "dlq_discard",
-            subj::RPC_DISCARD,
-            "POST /v1/admin/dlq/discard",
-            JobKind::Discard,
-        ),
-        bulk_kind(
-            hospital,
-            "dlq_purge",
-            subj::RPC_PURGE,
-            "POST /v1/admin/dlq/purge",
-            JobKind::Purge,
-        ),
+        bulk_kind(hospital, "dlq_discard", subj::RPC_DISCARD, JobKind::Discard),
+        bulk_kind(hospital, "dlq_purge", subj::RPC_PURGE, JobKind::Purge),
         route(
             hospital,
             "dlq_edit_replay",
             subj::RPC_EDIT_REPLAY,
-            "POST /v1/admin/dlq/messages/{id}/edit-replay",
             |h, actor, req: RpcRequest<EditReplayRequest>| async move {
                 let id = domain::parse_id(req.params.get("id"))?;
                 let b = req.body;
@@ -171,7 +286,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "jobs_list",
             subj::RPC_JOBS,
-            "GET /v1/admin/dlq/jobs",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let limit = match req.query.get("limit") {
                     None => domain::DEFAULT_LIMIT,
@@ -184,7 +298,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "jobs_get",
             subj::RPC_JOB,
-            "GET /v1/admin/dlq/jobs/{id}",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let id = domain::parse_id(req.params.get("id"))?;
                 h.job(id).await
@@ -194,14 +307,12 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "dlq_stats",
             subj::RPC_STATS,
-            "GET /v1/admin/dlq/stats",
             |h, _, _req: RpcRequest<NoBody>| async move { h.stats().await },
         ),
         route(
             hospital,
             "dlq_where",
             subj::RPC_WHERE,
-            "GET /v1/admin/dlq/where",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let q = domain::parse_where(&req.query)?;
                 h.where_is(&q).await
@@ -211,7 +322,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "audit_list",
             subj::RPC_AUDIT,
-            "GET /v1/admin/audit",
             |h, _, req: RpcRequest<NoBody>| async move {
                 let limit = domain::parse_limit(&req.query)?;
                 let cursor = domain::parse_cursor(&req.query)?;
@@ -222,7 +332,6 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "consumers_pause",
             subj::RPC_PAUSE,
-            "POST /v1/admin/consumers/{durable}/pause",
             |h, actor, req: RpcRequest<PauseRequest>| async move {
                 let durable = domain::parse_durable(req.params.get("durable"))?;
                 h.pause(actor, &durable, req.body.seconds, &req.body.reason)
@@ -233,11 +342,11 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             hospital,
             "consumers_resume",
             subj::RPC_RESUME,
-            "POST /v1/admin/consumers/{durable}/resume",
             |h, actor, req: RpcRequest<ResumeRequest>| async move {
                 let durable = domain::parse_durable(req.params.get("durable"))?;
                 h.resume(actor, &durable, &req.body.reason).await
             },
         ),
-    ]
+    ];
+    with_routes(endpoints, routes())
 }

@@ -5,10 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use contracts::Problem;
-use contracts::api::NotificationsSince;
+use contracts::api::{Notification, NotificationPage, NotificationsSince};
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::push as subj;
-use runtime::rpc::{Endpoint, endpoint};
+use runtime::routes::Route;
+use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -37,7 +38,6 @@ fn route<B, T, F, Fut>(
     notifications: &Arc<Notifications>,
     name: &'static str,
     subject: &'static str,
-    http: Option<&'static str>,
     f: F,
 ) -> Endpoint
 where
@@ -47,21 +47,42 @@ where
     Fut: Future<Output = Result<T, Problem>> + Send + 'static,
 {
     let notifications = notifications.clone();
-    endpoint(name, subject, http, move |req: RpcRequest<B>| {
+    endpoint(name, subject, move |req: RpcRequest<B>| {
         let fut = f(notifications.clone(), req);
         async move { RpcReply::from(fut.await) }
     })
 }
 
-/// Every push endpoint, with the public route it backs (discovery metadata). `since`
-/// has none: only the gateway calls it, to resume a stream.
-pub fn endpoints(notifications: Arc<Notifications>) -> Vec<Endpoint> {
+/// The public routes push serves, by endpoint subject. Published in its discovery
+/// metadata: the gateway routes and documents them from there. `since` has none: only
+/// the gateway calls it, to resume a stream (whose route the gateway serves itself).
+pub fn routes() -> Vec<(&'static str, Route)> {
     vec![
+        (
+            subj::RPC_LIST_NOTIFICATIONS,
+            Route::get("/v1/notifications")
+                .user()
+                .response::<NotificationPage>(200)
+                .query(&["limit", "cursor", "unread"])
+                .summary("The caller's notifications, newest first"),
+        ),
+        (
+            subj::RPC_MARK_READ,
+            Route::post("/v1/notifications/{id}/read")
+                .user()
+                .response::<Notification>(200)
+                .summary("Mark a notification read"),
+        ),
+    ]
+}
+
+/// Every push endpoint, with the public route it backs ([`routes`]).
+pub fn endpoints(notifications: Arc<Notifications>) -> Vec<Endpoint> {
+    let endpoints = vec![
         route(
             &notifications,
             "notifications_list",
             subj::RPC_LIST_NOTIFICATIONS,
-            Some("GET /v1/notifications"),
             |n, req: RpcRequest<NoBody>| async move {
                 let user = caller(&req)?;
                 let q = ListQuery::parse(&req.query).map_err(Problem::from)?;
@@ -72,7 +93,6 @@ pub fn endpoints(notifications: Arc<Notifications>) -> Vec<Endpoint> {
             &notifications,
             "notifications_read",
             subj::RPC_MARK_READ,
-            Some("POST /v1/notifications/{id}/read"),
             |n, req: RpcRequest<NoBody>| async move {
                 let user = caller(&req)?;
                 let id = domain::parse_id(req.params.get("id")).map_err(Problem::from)?;
@@ -83,11 +103,11 @@ pub fn endpoints(notifications: Arc<Notifications>) -> Vec<Endpoint> {
             &notifications,
             "notifications_since",
             subj::RPC_NOTIFICATIONS_SINCE,
-            None,
             |n, req: RpcRequest<NotificationsSince>| async move {
                 let user = caller(&req)?;
                 Ok(n.since(user, req.body.after, req.body.limit).await?)
             },
         ),
-    ]
+    ];
+    with_routes(endpoints, routes())
 }

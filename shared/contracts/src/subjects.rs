@@ -182,6 +182,10 @@ pub mod buckets {
     pub const IDEMPOTENCY: &str = "gateway_idempotency";
     /// Single-use tickets that open a notification stream (60 s TTL).
     pub const SSE_TICKETS: &str = "gateway_sse_tickets";
+    /// The gateway's last-known route table, one key per service: the routes each
+    /// service declared in its discovery metadata (kept until deleted), so a restarted
+    /// gateway knows routes whose instances are momentarily gone.
+    pub const ROUTES: &str = "gateway_routes";
     /// First failure time and count of messages that are being retried, per
     /// `<durable>.<stream>.<sequence>` (7 days TTL); read when parking and by "where is
     /// this message?".

@@ -1,6 +1,12 @@
 //! Test harness: a real nats-server per test, stub responders standing in for the
 //! services, a signing key of our own whose JWKS a stub `svc.auth.v1.jwks` serves, and
 //! the gateway running in-process on a free port.
+//!
+//! The stub responders are plain subscriptions, invisible to discovery: [`spawn_app`]
+//! puts the real services' route declarations in the gateway's route bucket first, as
+//! if the gateway had discovered them before. [`spawn_discovering_app`] starts with an
+//! empty bucket, for tests whose stub services ([`StubService`]) register as real NATS
+//! micro services with route metadata.
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;
@@ -353,13 +359,38 @@ impl Drop for TestApp {
     }
 }
 
-/// A gateway with test-friendly settings, changed further by `adjust`.
+/// A gateway with test-friendly settings, changed further by `adjust`, that knows the
+/// real services' routes from its route bucket.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(true, adjust).await
+}
+
+/// A gateway that knows no route until it discovers services.
+pub async fn spawn_discovering_app(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(false, adjust).await
+}
+
+/// Puts the real services' declarations in the route bucket.
+async fn seed_routes(nats: &async_nats::Client) {
+    let js = async_nats::jetstream::new(nats.clone());
+    let store = runtime::nats::provision_bucket(&js, subjects::buckets::ROUTES, Duration::ZERO)
+        .await
+        .expect("route bucket");
+    for service in crate::fixture::services() {
+        let raw = serde_json::to_vec(&service).expect("json");
+        store.put(&service.name, raw.into()).await.expect("put");
+    }
+}
+
+async fn spawn(seed: bool, adjust: impl FnOnce(&mut Config)) -> TestApp {
     init_tracing();
     let nats_server = NatsServer::start().await.expect("nats-server");
     let nats = async_nats::connect(&nats_server.url)
         .await
         .expect("connect");
+    if seed {
+        seed_routes(&nats).await;
+    }
 
     let signer = Signer::new(&format!("k-{}", Uuid::now_v7()));
     let jwks = Arc::new(Mutex::new(Jwks {
@@ -381,6 +412,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         shutdown_grace: Duration::from_secs(5),
     });
     config.request_timeout = Duration::from_secs(2);
+    config.discovery_window = Duration::from_millis(100);
     adjust(&mut config);
     let (base, cancel, server) = start_gateway(config).await;
     let test_app = TestApp {
@@ -435,7 +467,7 @@ impl TestApp {
     /// Starts a second gateway next to this one, sharing its nats-server (and so its
     /// buckets and the JWKS stub), and waits until it is ready.
     pub async fn spawn_replica(&self) -> Replica {
-        let config = Config::new(CommonConfig {
+        let mut config = Config::new(CommonConfig {
             nats_url: self.nats_url.clone(),
             nats_user: None,
             nats_password: None,
@@ -443,6 +475,7 @@ impl TestApp {
             provision: true,
             shutdown_grace: Duration::from_secs(5),
         });
+        config.discovery_window = Duration::from_millis(100);
         let (base, cancel, server) = start_gateway(config).await;
         let replica = Replica {
             base,
@@ -456,6 +489,70 @@ impl TestApp {
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
+}
+
+/// A stand-in service registered as a real NATS micro service (`runtime::rpc::serve`,
+/// its own connection, like a process of its own), whose endpoints declare routes.
+/// Every endpoint answers 200 with `{service, version, subject, params}`.
+pub struct StubService {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    nats: async_nats::Client,
+}
+
+impl StubService {
+    pub async fn start(
+        nats_url: &str,
+        name: &'static str,
+        version: &'static str,
+        routes: Vec<(&'static str, runtime::routes::Route)>,
+    ) -> StubService {
+        let nats = async_nats::connect(nats_url).await.expect("connect");
+        let endpoints = routes
+            .into_iter()
+            .map(|(subject, route)| {
+                // Endpoint names may not contain dots; a test may leak a few bytes.
+                let endpoint: &'static str = Box::leak(subject.replace('.', "_").into_boxed_str());
+                runtime::rpc::endpoint(
+                    endpoint,
+                    subject,
+                    move |req: RpcRequest<Value>| async move {
+                        RpcReply::ok(serde_json::json!({
+                            "service": name,
+                            "version": version,
+                            "subject": subject,
+                            "params": req.params,
+                        }))
+                    },
+                )
+                .with_route(route)
+            })
+            .collect();
+        let cancel = CancellationToken::new();
+        let task = runtime::rpc::serve(
+            nats.clone(),
+            runtime::rpc::ServiceSpec {
+                name,
+                version,
+                description: "test stub",
+                endpoints,
+                max_in_flight: 16,
+                drain_timeout: Duration::from_secs(2),
+            },
+            cancel.clone(),
+        )
+        .await
+        .expect("stub service starts");
+        round_trip(&nats).await;
+        StubService { cancel, task, nats }
+    }
+
+    /// Stops the service: its endpoints are gone once this returns.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        let _ = self.nats.drain().await;
+    }
 }
 
 /// Polls `/readyz` until the gateway has its key set and buckets.

@@ -4,6 +4,8 @@
 mod admin;
 mod auth;
 mod console;
+mod discovery;
+mod fixture;
 mod forwarding;
 mod helpers;
 mod idempotency;

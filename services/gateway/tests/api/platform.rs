@@ -56,7 +56,7 @@ async fn openapi_lists_every_route() {
     let doc: Value = response.json().await.expect("json");
 
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
-    for route in gateway::routes::routes() {
+    for route in crate::fixture::routes() {
         let op = &doc["paths"][&*route.path][route.method.as_str().to_lowercase()];
         assert!(
             op.is_object(),
