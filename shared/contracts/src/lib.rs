@@ -9,6 +9,7 @@
 //! - [`api`]: the request and response bodies of the public REST API.
 //! - [`error`]: the stable error codes the API returns.
 //! - [`hospital`]: parked messages and the dead-letter admin API.
+//! - [`permissions`]: each NATS identity's subject permissions (least privilege).
 //!
 //! API boundary: services convert these types into their own domain types; nothing
 //! else defines a wire type.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod error;
 pub mod events;
 pub mod hospital;
+pub mod permissions;
 pub mod rpc;
 pub mod subjects;
 pub mod wire;

@@ -112,7 +112,14 @@ pub fn bin_dir() -> PathBuf {
 
 /// Packages whose binaries the harness builds when one is missing.
 const SERVICE_PACKAGES: &[&str] = &[
-    "auth", "calendar", "gateway", "email", "push", "hospital", "meshctl",
+    "auth",
+    "calendar",
+    "gateway",
+    "email",
+    "push",
+    "hospital",
+    "meshctl",
+    "provision",
 ];
 
 /// Build the service binaries once per test process (the first caller builds, the

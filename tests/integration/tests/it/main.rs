@@ -4,6 +4,7 @@
 
 mod foundation;
 mod hospital;
+mod permissions;
 mod subscribers;
 
 use std::future::Future;
