@@ -240,7 +240,8 @@ impl Gateway {
             caller,
             live,
             request_timeout: self.request_timeout,
-            last_sent: resume,
+            resume_floor: resume,
+            recent: std::collections::VecDeque::new(),
             backlog: match resume {
                 Some(after) => Backlog::Fetch { after },
                 None => Backlog::Done,
@@ -292,11 +293,17 @@ struct Feed {
     caller: Caller,
     live: Subscriber,
     request_timeout: Duration,
-    /// The id of the last notification sent (or the client's `Last-Event-ID`): nothing
-    /// at or below it is sent again.
-    last_sent: Option<Uuid>,
+    /// The client's `Last-Event-ID`: it has everything up to there.
+    resume_floor: Option<Uuid>,
+    /// Ids sent lately, so a notification that arrives both in the backlog and live is
+    /// sent once. Not a high-water mark: push handles deliveries concurrently, so live
+    /// notifications may arrive out of id order, and each must still be sent.
+    recent: std::collections::VecDeque<Uuid>,
     backlog: Backlog,
 }
+
+/// How many sent ids a stream remembers for dedupe (backlog/live overlap is short).
+const RECENT_IDS: usize = 32;
 
 impl Feed {
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
@@ -364,7 +371,7 @@ impl Feed {
 
     /// The SSE event for `n`, unless it was already sent.
     fn event_for(&mut self, n: &Notification) -> Option<Event> {
-        if self.last_sent.is_some_and(|last| n.id <= last) {
+        if self.resume_floor.is_some_and(|floor| n.id <= floor) || self.recent.contains(&n.id) {
             return None;
         }
         match Event::default()
@@ -373,7 +380,10 @@ impl Feed {
             .json_data(n)
         {
             Ok(event) => {
-                self.last_sent = Some(n.id);
+                if self.recent.len() >= RECENT_IDS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(n.id);
                 Some(event)
             }
             Err(e) => {

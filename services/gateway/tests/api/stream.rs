@@ -77,6 +77,24 @@ async fn a_notification_reaches_its_user_only() {
     bob_stream.assert_quiet(Duration::from_millis(100)).await;
 }
 
+/// Push handles deliveries concurrently, so a newer notification can be published live
+/// before an older one: both must reach the client, and a repeat of either must not.
+#[tokio::test]
+async fn live_notifications_out_of_id_order_all_arrive_once() {
+    let app = spawn_app().await;
+    let alice = Uuid::now_v7();
+    let mut stream = open(&app, alice).await;
+    let older = notification("older");
+    let newer = notification("newer");
+    assert!(older.id < newer.id);
+    publish_live(&app.nats, alice, &newer).await;
+    publish_live(&app.nats, alice, &older).await;
+    publish_live(&app.nats, alice, &newer).await;
+    assert_eq!(stream.next_event().await.notification(), newer);
+    assert_eq!(stream.next_event().await.notification(), older);
+    stream.assert_quiet(Duration::from_millis(300)).await;
+}
+
 #[tokio::test]
 async fn every_replica_delivers_to_its_own_clients() {
     let app = spawn_app().await;
