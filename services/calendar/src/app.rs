@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use contracts::events::{
+    EventCancelledV1, EventCreatedV1, EventUpdatedV1, RsvpChangedV1, RsvpChangedV2,
+};
 use contracts::subjects::{self, CALENDAR_STREAM};
 use runtime::db::{Database, DbError, Migrations};
 use runtime::nats::NatsError;
 use runtime::outbox::{Relay, RelayConfig, RelayWaker};
-use runtime::rpc::{ServeError, ServiceSpec};
+use runtime::rpc::{Contracts, ServeError, ServiceSpec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -103,7 +106,9 @@ impl Application {
             waker,
             ..
         } = self;
-        let calendar = Arc::new(Calendar::new(db.clone(), waker.clone()));
+        let calendar = Arc::new(
+            Calendar::new(db.clone(), waker.clone()).publish_rsvp_v2(config.publish_rsvp_v2),
+        );
         let spec = ServiceSpec {
             name: subjects::calendar::SERVICE,
             version: env!("CARGO_PKG_VERSION"),
@@ -112,7 +117,13 @@ impl Application {
             max_in_flight: config.max_in_flight,
             drain_timeout: config.common.shutdown_grace,
         };
-        let rpc = runtime::rpc::serve(client.clone(), spec, cancel.clone()).await?;
+        let rpc = runtime::rpc::serve_with(
+            client.clone(),
+            spec,
+            &produced_contracts(config.publish_rsvp_v2),
+            cancel.clone(),
+        )
+        .await?;
 
         let js = jetstream::new(client.clone());
         let publisher = tokio::spawn(publisher(
@@ -150,6 +161,21 @@ impl Application {
             Ok(Err(e)) => Err(StartError::Http(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// The event contracts this build publishes (reported in discovery); v2 of
+/// `calendar.rsvp_changed` only while `CALENDAR_PUBLISH_RSVP_V2` is on.
+pub fn produced_contracts(rsvp_v2: bool) -> Contracts {
+    let c = Contracts::new()
+        .produces::<EventCreatedV1>()
+        .produces::<EventUpdatedV1>()
+        .produces::<EventCancelledV1>()
+        .produces::<RsvpChangedV1>();
+    if rsvp_v2 {
+        c.produces::<RsvpChangedV2>()
+    } else {
+        c
     }
 }
 

@@ -16,6 +16,10 @@ pub struct Config {
     pub outbox_relay: bool,
     /// `RPC_MAX_IN_FLIGHT` (default 64): requests handled at once by this replica.
     pub max_in_flight: usize,
+    /// `CALENDAR_PUBLISH_RSVP_V2` (`on`/`off`, default off): also publish
+    /// `calendar.rsvp_changed` v2 (`calendar.v2.rsvp.changed`) beside v1, in the same
+    /// transaction, with the same logical message id, while consumers move to v2.
+    pub publish_rsvp_v2: bool,
 }
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8082";
@@ -28,6 +32,7 @@ impl Config {
             database_url: config::string("DATABASE_URL", DEFAULT_DATABASE_URL),
             outbox_relay: config::switch("OUTBOX_RELAY", true)?,
             max_in_flight: config::parse("RPC_MAX_IN_FLIGHT", 64)?,
+            publish_rsvp_v2: config::switch("CALENDAR_PUBLISH_RSVP_V2", false)?,
         })
     }
 }

@@ -1,16 +1,22 @@
 //! The use cases: each runs the domain rules inside one database transaction and, when
 //! state changes, writes the domain event into the outbox in that same transaction
 //! (the relay publishes it after commit; a crash in between loses nothing).
+//!
+//! Contract evolution: with [`Calendar::publish_rsvp_v2`] on, an RSVP writes two outbox
+//! rows, v1 and v2 of `calendar.rsvp_changed`, with one logical message id (the v2 row's
+//! `Nats-Msg-Id` is `<id>:v2`); consumers filter one version each.
 
+use contracts::DomainEvent;
 use contracts::api::{
     self, CreateEventRequest, EventPage, RsvpPage, RsvpResult, UpdateEventRequest,
 };
 use contracts::events::{
-    EventCancelledV1, EventCreatedV1, EventMeta, EventUpdatedV1, RsvpChangedV1, RsvpStatus,
+    EventCancelledV1, EventCreatedV1, EventMeta, EventUpdatedV1, RsvpChangedV1, RsvpChangedV2,
+    RsvpStatus, copy_msg_id,
 };
 use jiff::Timestamp;
 use runtime::db::Database;
-use runtime::outbox::{OutboxError, RelayWaker, enqueue};
+use runtime::outbox::{OutboxError, RelayWaker, enqueue, enqueue_as};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -42,6 +48,8 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 pub struct Calendar {
     db: Database,
     waker: RelayWaker,
+    /// Also publish `RsvpChangedV2` beside v1 (`CALENDAR_PUBLISH_RSVP_V2`).
+    rsvp_v2: bool,
 }
 
 /// The current time at the stored precision (µs), so a reply and a later read agree.
@@ -60,7 +68,17 @@ fn rsvp_to_api(r: &RsvpRecord) -> api::Rsvp {
 
 impl Calendar {
     pub fn new(db: Database, waker: RelayWaker) -> Self {
-        Calendar { db, waker }
+        Calendar {
+            db,
+            waker,
+            rsvp_v2: false,
+        }
+    }
+
+    /// Publish v2 of `calendar.rsvp_changed` beside v1 (off by default).
+    pub fn publish_rsvp_v2(mut self, on: bool) -> Self {
+        self.rsvp_v2 = on;
+        self
     }
 
     pub async fn create_event(&self, caller: Uuid, req: &CreateEventRequest) -> Result<api::Event> {
@@ -206,6 +224,13 @@ impl Calendar {
             status,
         };
         enqueue(&mut tx, &event).await?;
+        if self.rsvp_v2 {
+            // The same change as v2: same logical id, its own Nats-Msg-Id (the stream
+            // would drop a second message with the first one's).
+            let v2 = RsvpChangedV2::from(&event);
+            let id = copy_msg_id(&v2.meta.message_id, RsvpChangedV2::VERSION);
+            enqueue_as(&mut tx, &v2, &id).await?;
+        }
         tx.commit().await?;
         self.waker.wake();
         Ok(RsvpResult {

@@ -11,6 +11,7 @@ use lettre::message::Mailbox;
 use runtime::consumer::{self, ConsumerConfig, StartPosition};
 use runtime::db::{Database, DbError, Migrations};
 use runtime::nats::NatsError;
+use runtime::rpc::{ServeError, ServiceSpec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +52,8 @@ pub enum StartError {
     },
     #[error("HTTP listener failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// One durable consumer of this service: shared by every replica (each message is
@@ -167,6 +170,24 @@ impl Application {
             client,
             processor,
         } = self;
+        // A NATS micro service without endpoints: email serves no requests, but it is
+        // discoverable (`$SRV.INFO`) with its name, version and the contract versions
+        // it consumes, like every other service.
+        let spec = ServiceSpec {
+            name: SERVICE,
+            version: env!("CARGO_PKG_VERSION"),
+            description: "Mail for domain events (consumer only, no endpoints)",
+            endpoints: Vec::new(),
+            max_in_flight: 1,
+            drain_timeout: config.common.shutdown_grace,
+        };
+        let discovery = runtime::rpc::serve_with(
+            client.clone(),
+            spec,
+            &crate::incoming::consumed(),
+            cancel.clone(),
+        )
+        .await?;
         let js = jetstream::new(client.clone());
         let mut consumers = Vec::new();
         for sub in subscriptions(&config) {
@@ -203,6 +224,7 @@ impl Application {
         {
             tracing::warn!("in-flight mails did not finish within the shutdown grace");
         }
+        let _ = discovery.await;
         let http = http.await;
         // Flush the acks; bounded, since NATS may be unreachable.
         if tokio::time::timeout(Duration::from_secs(2), client.drain())

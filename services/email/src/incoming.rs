@@ -2,13 +2,33 @@
 //!
 //! The `Mesh-Message-Type` and `Mesh-Schema-Version` headers pick the Rust type; a type
 //! or version this build does not know, or bytes that do not decode, can never succeed
-//! on a retry, so they are permanent failures (the message is terminated, not retried).
+//! on a retry, so they are permanent failures (the message is parked in the hospital
+//! with that reason, not retried).
+//!
+//! Versions: email accepts exactly the versions in [`consumed`] (reported in discovery)
+//! and its durables filter those versions' subjects (`calendar.v1.>`): while calendar
+//! publishes `calendar.rsvp_changed` v2 beside v1, email still reads v1 only, so it acts
+//! once per change. Moving to v2 means decoding it here and filtering
+//! `calendar.v2.rsvp.changed` plus the other v1 subjects instead of `calendar.v1.>`.
 
 use contracts::events::{
     DomainEvent, EventCancelledV1, EventCreatedV1, EventMeta, EventUpdatedV1,
     PasswordResetRequestedV1, PreferencesChangedV1, RsvpChangedV1, UserRegisteredV1,
 };
 use runtime::consumer::{Delivery, HandlerError};
+use runtime::rpc::Contracts;
+
+/// The contract versions email reads (each one decoded below), for discovery.
+pub fn consumed() -> Contracts {
+    Contracts::new()
+        .consumes::<UserRegisteredV1>()
+        .consumes::<PreferencesChangedV1>()
+        .consumes::<PasswordResetRequestedV1>()
+        .consumes::<EventCreatedV1>()
+        .consumes::<EventUpdatedV1>()
+        .consumes::<EventCancelledV1>()
+        .consumes::<RsvpChangedV1>()
+}
 
 /// One decoded domain event.
 #[derive(Debug, Clone)]
@@ -26,7 +46,7 @@ pub enum Incoming {
 pub enum DecodeError {
     #[error("message without {0} header")]
     MissingHeader(&'static str),
-    #[error("unknown message type {message_type} version {version}")]
+    #[error("unknown schema version: {message_type} v{version} is not a contract this build reads")]
     Unknown { message_type: String, version: u32 },
     #[error("cannot decode {message_type} v{version}: {source}")]
     Body {
@@ -154,6 +174,53 @@ mod tests {
         }
     }
 
+    /// v2 of rsvp_changed, published beside v1, is not a version email declares: on a
+    /// subject email receives (a replay, a misrouted filter) it is parked with the reason.
+    #[test]
+    fn rsvp_changed_v2_is_an_unknown_version_and_parked() {
+        use contracts::events::RsvpChangedV2;
+        let v1 = RsvpChangedV1 {
+            meta: EventMeta::new(Uuid::now_v7(), 2),
+            event: contracts::events::EventSnapshot {
+                event_id: Uuid::now_v7(),
+                organizer_id: Uuid::now_v7(),
+                title: "t".into(),
+                description: String::new(),
+                starts_at: jiff::Timestamp::UNIX_EPOCH,
+                ends_at: jiff::Timestamp::UNIX_EPOCH,
+                time_zone: "UTC".into(),
+                location: String::new(),
+                capacity: 1,
+                status: contracts::events::EventStatus::Scheduled,
+                counts: Default::default(),
+            },
+            attendee_id: Uuid::now_v7(),
+            previous_status: None,
+            status: contracts::events::RsvpStatus::Going,
+        };
+        let bytes = contracts::wire::encode(&RsvpChangedV2::from(&v1)).unwrap();
+        let err = Incoming::decode_parts(RsvpChangedV2::TYPE, 2, &bytes).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown schema version: calendar.rsvp_changed v2"),
+            "{err}"
+        );
+        assert!(matches!(
+            HandlerError::from(err),
+            HandlerError::Permanent(_)
+        ));
+        assert!(
+            consumed()
+                .consumes
+                .contains(&"calendar.rsvp_changed@1".to_owned())
+        );
+        assert!(
+            !consumed()
+                .consumes
+                .contains(&"calendar.rsvp_changed@2".to_owned())
+        );
+    }
+
     #[test]
     fn unknown_versions_and_bad_bytes_are_permanent() {
         let bytes = contracts::wire::encode(&registered()).unwrap();
@@ -162,6 +229,7 @@ mod tests {
             matches!(err, DecodeError::Unknown { version: 2, .. }),
             "{err}"
         );
+        assert!(err.to_string().contains("unknown schema version"), "{err}");
         let err = Incoming::decode_parts("calendar.something_else", 1, &bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Unknown { .. }));
         let err = Incoming::decode_parts(RsvpChangedV1::TYPE, 1, &bytes).unwrap_err();

@@ -24,7 +24,11 @@
 //! between the server's 250 and that INSERT: a crash there sends the mail again, with the
 //! same Message-ID. Messages are acknowledged only after their mails went out.
 //!
-//! - [`incoming`]: decoding by contract type and version (unknown → terminated).
+//! Discovery: email serves no requests, but it runs a NATS micro service named `email`
+//! without endpoints, so `$SRV.INFO` (and `meshctl services`) shows its instances, its
+//! version and the contract versions it consumes ([`incoming::consumed`]).
+//!
+//! - [`incoming`]: decoding by contract type and version (unknown → parked).
 //! - [`processor`]: the work for one message (read models, mails, idempotency).
 //! - [`store`]: the SQL, the same text on SQLite and PostgreSQL.
 //! - [`templates`], [`compose`], [`ics`]: the mail texts, the MIME message, the invitation.

@@ -7,7 +7,7 @@ use std::future::Future;
 use contracts::hospital::{
     AuditPage, BulkRequest, BulkResult, ConsumerState, DeadLetterDetail, DeadLetterPage,
     EditReplayRequest, EditReplayResult, FailureGroupList, HospitalStats, Job, JobKind, JobList,
-    PauseRequest, ReplayRequest, ResumeRequest, WhereaboutsList,
+    PauseRequest, ReplayRequest, ResumeRequest, ServiceList, WhereaboutsList,
 };
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::hospital as subj;
@@ -187,6 +187,15 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .summary("Consumers' lag, parked counts and pause state; the DLQ stream's size"),
         ),
         (
+            subj::RPC_SERVICES,
+            Route::get("/v1/admin/services")
+                .admin()
+                .response::<ServiceList>(200)
+                .summary(
+                    "Running service instances with their versions and event contracts; consumer lag",
+                ),
+        ),
+        (
             subj::RPC_WHERE,
             Route::get("/v1/admin/dlq/where")
                 .admin()
@@ -308,6 +317,12 @@ pub fn endpoints(hospital: &Hospital) -> Vec<Endpoint> {
             "dlq_stats",
             subj::RPC_STATS,
             |h, _, _req: RpcRequest<NoBody>| async move { h.stats().await },
+        ),
+        route(
+            hospital,
+            "services",
+            subj::RPC_SERVICES,
+            |h, _, _req: RpcRequest<NoBody>| async move { h.services().await },
         ),
         route(
             hospital,

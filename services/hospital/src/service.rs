@@ -11,7 +11,7 @@ use contracts::hospital::{
     AuditPage, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter, DeadLetterDetail,
     DeadLetterFilter, DeadLetterPage, DeadLetterStatus, EditReplayResult, FailureGroupList, Header,
     HospitalStats, Job, JobKind, JobList, JobStatus, MessageWhereabouts, Outcome, Selection,
-    WhereaboutsList,
+    ServiceInstance, ServiceList, WhereaboutsList,
 };
 use contracts::subjects;
 use jiff::Timestamp;
@@ -62,6 +62,10 @@ struct Inner {
     /// Stops jobs between messages on shutdown.
     cancel: CancellationToken,
 }
+
+/// How long `services` collects discovery replies (nobody knows how many instances
+/// there are; every instance on a healthy bus answers within milliseconds).
+const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
 
 /// Who acts: the caller's user id (admins only, checked by the endpoints).
 pub type Actor = Uuid;
@@ -417,6 +421,43 @@ impl Hospital {
             dlq_messages: info.state.messages,
             dlq_bytes: info.state.bytes,
             dlq_max_bytes: info.config.max_bytes,
+        })
+    }
+
+    /// Which service instances run (NATS discovery, `$SRV.INFO` scatter-gather), with
+    /// their versions and the event contracts they produce and consume, and every
+    /// source durable's lag.
+    pub async fn services(&self) -> Result<ServiceList> {
+        let found = runtime::discovery::instances(&self.js().client(), DISCOVERY_WINDOW)
+            .await
+            .map_err(|e| BusError(e.to_string()))?;
+        let mut instances: Vec<ServiceInstance> = found
+            .into_iter()
+            .map(|info| {
+                let contracts = runtime::rpc::Contracts::from_metadata(&info.metadata);
+                ServiceInstance {
+                    service: info.name,
+                    id: info.id,
+                    version: info.version,
+                    description: info.description,
+                    endpoints: u32::try_from(info.endpoints.len()).unwrap_or(u32::MAX),
+                    produces: contracts.produces,
+                    consumes: contracts.consumes,
+                }
+            })
+            .collect();
+        instances
+            .sort_by(|a, b| (&a.service, &a.version, &a.id).cmp(&(&b.service, &b.version, &b.id)));
+        let parked: HashMap<String, u64> =
+            store::parked_counts(self.db()).await?.into_iter().collect();
+        let consumers = bus::source_consumers(self.js())
+            .await?
+            .iter()
+            .map(|info| bus::consumer_state(info, parked.get(&info.name).copied().unwrap_or(0)))
+            .collect();
+        Ok(ServiceList {
+            instances,
+            consumers,
         })
     }
 

@@ -140,7 +140,13 @@ impl Application {
             max_in_flight: config.max_in_flight,
             drain_timeout: config.common.shutdown_grace,
         };
-        let rpc = runtime::rpc::serve(client.clone(), spec, cancel.clone()).await?;
+        let rpc = runtime::rpc::serve_with(
+            client.clone(),
+            spec,
+            &crate::projector::consumed(),
+            cancel.clone(),
+        )
+        .await?;
 
         let js = jetstream::new(client.clone());
         let consumers = tokio::spawn(subscribe(

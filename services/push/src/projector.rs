@@ -84,9 +84,23 @@ fn is<E: DomainEvent>(ty: &str, version: u32) -> bool {
     ty == E::TYPE && version == E::VERSION
 }
 
+/// The contract versions push acts on (each one decoded by [`decode`]), for discovery.
+/// Its durables filter these versions' subjects (`calendar.v1.>`), so while calendar
+/// publishes `calendar.rsvp_changed` v2 beside v1, push reads v1 only and acts once.
+pub fn consumed() -> runtime::rpc::Contracts {
+    runtime::rpc::Contracts::new()
+        .consumes::<UserRegisteredV1>()
+        .consumes::<PreferencesChangedV1>()
+        .consumes::<EventCreatedV1>()
+        .consumes::<EventUpdatedV1>()
+        .consumes::<EventCancelledV1>()
+        .consumes::<RsvpChangedV1>()
+}
+
 /// Decodes a delivery by its `Mesh-Message-Type` and `Mesh-Schema-Version`. `Ok(None)`:
 /// a contract push has no use for (acknowledged, nothing done). An unknown type or
-/// version, or bytes that do not decode, are permanent failures.
+/// version, or bytes that do not decode, are permanent failures (parked in the
+/// hospital with the reason).
 pub fn decode(delivery: &Delivery) -> Result<Option<Incoming>, HandlerError> {
     let (Some(ty), Some(version)) = (delivery.message_type.as_deref(), delivery.schema_version)
     else {
@@ -113,7 +127,7 @@ pub fn decode(delivery: &Delivery) -> Result<Option<Incoming>, HandlerError> {
         return Ok(None);
     } else {
         return Err(HandlerError::permanent(format!(
-            "unknown message type {ty} version {version}"
+            "unknown schema version: {ty} v{version} is not a contract push reads"
         )));
     };
     Ok(Some(incoming))
@@ -389,5 +403,70 @@ fn milestone(meta: &EventMeta) -> Milestone {
         message_id: meta.message_id,
         version: meta.aggregate_version,
         occurred_at: meta.occurred_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contracts::events::{EventSnapshot, EventStatus, RsvpChangedV2, RsvpStatus};
+    use uuid::Uuid;
+
+    fn delivery(ty: &str, version: u32, payload: Vec<u8>) -> Delivery {
+        Delivery {
+            subject: contracts::subjects::calendar::RSVP_CHANGED_V2.to_owned(),
+            headers: HeaderMap::new(),
+            payload: payload.into(),
+            message_id: None,
+            message_type: Some(ty.to_owned()),
+            schema_version: Some(version),
+            delivered: 1,
+            stream_sequence: 1,
+            replay_of: None,
+        }
+    }
+
+    fn rsvp() -> RsvpChangedV1 {
+        RsvpChangedV1 {
+            meta: EventMeta::new(Uuid::now_v7(), 2),
+            event: EventSnapshot {
+                event_id: Uuid::now_v7(),
+                organizer_id: Uuid::now_v7(),
+                title: "t".into(),
+                description: String::new(),
+                starts_at: Timestamp::UNIX_EPOCH,
+                ends_at: Timestamp::UNIX_EPOCH,
+                time_zone: "UTC".into(),
+                location: String::new(),
+                capacity: 1,
+                status: EventStatus::Scheduled,
+                counts: Default::default(),
+            },
+            attendee_id: Uuid::now_v7(),
+            previous_status: None,
+            status: RsvpStatus::Going,
+        }
+    }
+
+    #[test]
+    fn declared_versions_decode_and_unknown_ones_are_parked_with_the_reason() {
+        let v1 = rsvp();
+        let bytes = contracts::wire::encode(&v1).expect("encode");
+        assert!(matches!(
+            decode(&delivery(RsvpChangedV1::TYPE, 1, bytes)),
+            Ok(Some(Incoming::RsvpChanged(_)))
+        ));
+        let v2 = contracts::wire::encode(&RsvpChangedV2::from(&v1)).expect("encode");
+        match decode(&delivery(RsvpChangedV2::TYPE, 2, v2)) {
+            Err(e @ HandlerError::Permanent(_)) => assert!(
+                e.to_string()
+                    .contains("unknown schema version: calendar.rsvp_changed v2"),
+                "{e}"
+            ),
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        let consumes = consumed().consumes;
+        assert!(consumes.contains(&"calendar.rsvp_changed@1".to_owned()));
+        assert!(!consumes.contains(&"calendar.rsvp_changed@2".to_owned()));
     }
 }

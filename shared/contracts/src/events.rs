@@ -8,7 +8,14 @@
 //! Compatibility rule: within a version a producer may only add optional fields
 //! (`#[serde(default)]`); anything else is a new version (`…V2`, on a `v2` subject),
 //! published beside the old one until every consumer has moved. The golden files in
-//! `tests/golden/` hold the encoded bytes of every v1 event and must keep decoding.
+//! `tests/golden/` hold the encoded bytes of every released version and must keep
+//! decoding.
+//!
+//! While two versions of one type are published side by side, both copies of one change
+//! carry the same `meta.message_id` (the LOGICAL event id consumers dedupe on); only
+//! their `Nats-Msg-Id`s differ ([`copy_msg_id`]), since the stream dedupes per stream,
+//! not per subject. Every durable filters one version per event type, so nobody acts
+//! twice.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -247,6 +254,66 @@ domain_event!(
     subjects::calendar::RSVP_CHANGED_V1
 );
 
+/// An RSVP answer as v2 of `calendar.rsvp_changed` carries it: the status became an
+/// object, so it can grow (a note now) without another breaking change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RsvpAnswer {
+    pub value: RsvpStatus,
+    /// The attendee's note with the answer; `None` when they left none.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl From<RsvpStatus> for RsvpAnswer {
+    fn from(value: RsvpStatus) -> Self {
+        RsvpAnswer { value, note: None }
+    }
+}
+
+/// A new or changed RSVP, v2: `status` and `previous_status` are [`RsvpAnswer`] objects
+/// instead of bare strings (a breaking change, hence a new version on
+/// `calendar.v2.rsvp.changed`, published beside v1 while consumers move).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RsvpChangedV2 {
+    pub meta: EventMeta,
+    pub event: EventSnapshot,
+    pub attendee_id: Uuid,
+    /// `None` for a first RSVP.
+    pub previous_status: Option<RsvpAnswer>,
+    pub status: RsvpAnswer,
+}
+domain_event!(
+    RsvpChangedV2,
+    "calendar.rsvp_changed",
+    2,
+    subjects::calendar::RSVP_CHANGED_V2
+);
+
+impl From<&RsvpChangedV1> for RsvpChangedV2 {
+    /// The v2 copy of a v1 event: the same change, the same logical id.
+    fn from(v1: &RsvpChangedV1) -> Self {
+        RsvpChangedV2 {
+            meta: v1.meta.clone(),
+            event: v1.event.clone(),
+            attendee_id: v1.attendee_id,
+            previous_status: v1.previous_status.map(RsvpAnswer::from),
+            status: v1.status.into(),
+        }
+    }
+}
+
+/// The `Nats-Msg-Id` of the copy of an event published as `version` beside the first
+/// one: `<message id>:v<version>`. The first copy uses the bare message id; every copy
+/// keeps `meta.message_id` (and `Mesh-Message-Id`) unchanged.
+pub fn copy_msg_id(message_id: &Uuid, version: u32) -> String {
+    format!("{message_id}:v{version}")
+}
+
+/// How discovery names a contract: `type@version`, e.g. `calendar.rsvp_changed@2`.
+pub fn contract_ref<E: DomainEvent>() -> String {
+    format!("{}@{}", E::TYPE, E::VERSION)
+}
+
 /// Headers every published event carries besides the trace context.
 pub fn event_headers<E: DomainEvent>(event: &E) -> Vec<(&'static str, String)> {
     use crate::subjects::headers::*;
@@ -275,7 +342,8 @@ pub enum ContractError {
     },
 }
 
-/// Every domain event contract the mesh knows, as (type, version, subject).
+/// Every domain event contract the mesh knows, as (type, version, subject). A released
+/// version stays here (and in the golden files) for as long as anyone may still read it.
 pub const KNOWN_EVENTS: &[(&str, u32, &str)] = &[
     (
         UserRegisteredV1::TYPE,
@@ -312,6 +380,11 @@ pub const KNOWN_EVENTS: &[(&str, u32, &str)] = &[
         RsvpChangedV1::VERSION,
         RsvpChangedV1::SUBJECT,
     ),
+    (
+        RsvpChangedV2::TYPE,
+        RsvpChangedV2::VERSION,
+        RsvpChangedV2::SUBJECT,
+    ),
 ];
 
 fn revalidate<E: DomainEvent>(
@@ -342,6 +415,7 @@ pub fn encode_json(
         (EventUpdatedV1::TYPE, 1) => revalidate::<EventUpdatedV1>(json),
         (EventCancelledV1::TYPE, 1) => revalidate::<EventCancelledV1>(json),
         (RsvpChangedV1::TYPE, 1) => revalidate::<RsvpChangedV1>(json),
+        (RsvpChangedV2::TYPE, 2) => revalidate::<RsvpChangedV2>(json),
         _ => Err(ContractError::Unknown {
             message_type: message_type.to_owned(),
             version,

@@ -448,3 +448,35 @@ pub struct AuditPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
+
+/// One running service instance, as it answered NATS service discovery (`$SRV.INFO`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceInstance {
+    /// Service name, e.g. `calendar`.
+    pub service: String,
+    /// The instance's id (one per process).
+    pub id: String,
+    /// The version the instance reports.
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// Request/reply endpoints it serves.
+    #[serde(default)]
+    pub endpoints: u32,
+    /// Event contracts it publishes, `type@version` (e.g. `calendar.rsvp_changed@2`).
+    #[serde(default)]
+    pub produces: Vec<String>,
+    /// Event contracts it reads, `type@version`.
+    #[serde(default)]
+    pub consumes: Vec<String>,
+}
+
+/// `GET /v1/admin/services`: which instances run, which contract versions they speak,
+/// and which consumers lag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceList {
+    /// Sorted by service, then version, then id.
+    pub instances: Vec<ServiceInstance>,
+    /// Every durable on the domain streams (the same state as `/v1/admin/dlq/stats`).
+    pub consumers: Vec<ConsumerState>,
+}

@@ -13,8 +13,10 @@
 //! - a producer publishes exactly its own event subjects (auth and calendar); email,
 //!   push and the hospital publish no domain events;
 //! - only the gateway publishes to the services' request subjects (`svc.<context>.v1.>`)
-//!   and to `$SRV.>` (discovery); each service subscribes to its own request subjects
-//!   and answers through `allow_responses`;
+//!   and to `$SRV.>` (discovery; the hospital may ask `$SRV.INFO` too, for
+//!   `GET /v1/admin/services`); each service subscribes to its own request subjects and
+//!   the discovery verbs and answers through `allow_responses` (email runs a micro
+//!   service without endpoints, only to be discoverable);
 //! - only the hospital publishes to replay subjects (`<context>.replay.<durable>.>`);
 //! - a subscriber touches only its own durables (create, info, pull, ack) and parks only
 //!   on its own `dlq.<durable>`; the hospital, the ops plane, reads every source
@@ -231,6 +233,9 @@ pub fn identity(user: &str) -> Option<Identity> {
                 publish.extend(own_durable(d));
             }
             publish.extend(worker_ward(&own));
+            // Discoverable (name, version, contracts) though it serves no requests.
+            subscribe.extend(service_subscriptions(EMAIL));
+            allow_responses = true;
         }
         PUSH => {
             for d in &own {
@@ -265,6 +270,8 @@ pub fn identity(user: &str) -> Option<Identity> {
                     publish.push(replay);
                 }
             }
+            // `GET /v1/admin/services`: discovery scatter-gather (replies to its inbox).
+            publish.push("$SRV.INFO".into());
             subscribe.extend(service_subscriptions(HOSPITAL));
             allow_responses = true;
         }
@@ -356,6 +363,12 @@ mod tests {
         }
         assert!(id(CALENDAR).may_subscribe(calendar::RPC_CREATE_EVENT));
         assert!(!id(CALENDAR).may_subscribe(auth::RPC_LOGIN));
+        // Discovery: every service answers it (email too); the hospital may ask.
+        assert!(id(EMAIL).may_subscribe("$SRV.INFO"));
+        assert!(id(EMAIL).may_subscribe("$SRV.INFO.email"));
+        assert!(!id(EMAIL).may_publish("$SRV.INFO"));
+        assert!(id(HOSPITAL).may_publish("$SRV.INFO"));
+        assert!(!id(HOSPITAL).may_publish("$SRV.STATS"));
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub mod calendar {
     pub const EVENT_UPDATED_V1: &str = "calendar.v1.event.updated";
     pub const EVENT_CANCELLED_V1: &str = "calendar.v1.event.cancelled";
     pub const RSVP_CHANGED_V1: &str = "calendar.v1.rsvp.changed";
+    /// v2 of `calendar.rsvp_changed`, published beside v1 while consumers move.
+    pub const RSVP_CHANGED_V2: &str = "calendar.v2.rsvp.changed";
 
     pub const SERVICE: &str = "calendar";
     pub const RPC_CREATE_EVENT: &str = "svc.calendar.v1.events.create";
@@ -148,6 +150,17 @@ pub mod hospital {
     pub const RPC_AUDIT: &str = "svc.hospital.v1.audit";
     pub const RPC_PAUSE: &str = "svc.hospital.v1.consumers.pause";
     pub const RPC_RESUME: &str = "svc.hospital.v1.consumers.resume";
+    /// Which service instances run, with their versions and contracts, and which
+    /// consumers lag (`GET /v1/admin/services`).
+    pub const RPC_SERVICES: &str = "svc.hospital.v1.services";
+}
+
+/// Service-level discovery metadata (`$SRV.INFO` → `metadata`) that says which event
+/// contracts an instance produces and consumes: JSON lists of `type@version`
+/// (see [`crate::events::contract_ref`]).
+pub mod discovery {
+    pub const CONTRACTS_PRODUCES: &str = "contracts.produces";
+    pub const CONTRACTS_CONSUMES: &str = "contracts.consumes";
 }
 
 pub mod push {
@@ -280,6 +293,7 @@ mod tests {
         hospital::RPC_AUDIT,
         hospital::RPC_PAUSE,
         hospital::RPC_RESUME,
+        hospital::RPC_SERVICES,
     ];
 
     const EVENT_SUBJECTS: &[&str] = &[
@@ -290,6 +304,7 @@ mod tests {
         calendar::EVENT_UPDATED_V1,
         calendar::EVENT_CANCELLED_V1,
         calendar::RSVP_CHANGED_V1,
+        calendar::RSVP_CHANGED_V2,
     ];
 
     #[test]

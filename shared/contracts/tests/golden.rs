@@ -1,6 +1,9 @@
-//! Golden files: the encoded bytes of every v1 message are committed under
-//! `tests/golden/` and must keep decoding into the same value, forever. A change that
-//! breaks one of these is a breaking contract change: make a new version instead.
+//! Golden files: the encoded bytes of every released version of every message are
+//! committed under `tests/golden/` (`<type>.v<N>.msgpack`) and must keep decoding into
+//! the same value, forever. This is the CI compatibility check: a change that breaks
+//! one of these fails with "breaking change to <type> v<N>"; publish a new version
+//! beside the old one instead. Every (type, version) in `KNOWN_EVENTS` must have its
+//! golden file.
 //!
 //! To add a golden file for a NEW message, run with `GOLDEN_WRITE=1` once and commit
 //! the new file; existing files are never rewritten by the test.
@@ -10,8 +13,8 @@ use std::path::PathBuf;
 use contracts::api::{CreateEventRequest, Preferences, RsvpRequest};
 use contracts::events::{
     EventCancelledV1, EventCreatedV1, EventMeta, EventSnapshot, EventStatus, EventUpdatedV1,
-    PasswordResetRequestedV1, PreferencesChangedV1, RsvpChangedV1, RsvpCounts, RsvpStatus,
-    UserRegisteredV1,
+    KNOWN_EVENTS, PasswordResetRequestedV1, PreferencesChangedV1, RsvpAnswer, RsvpChangedV1,
+    RsvpChangedV2, RsvpCounts, RsvpStatus, UserRegisteredV1,
 };
 use contracts::rpc::{Caller, Role, RpcReply, RpcRequest};
 use contracts::{DomainEvent, ErrorCode, Problem, wire};
@@ -63,8 +66,35 @@ fn golden_path(name: &str) -> PathBuf {
 }
 
 /// Checks that the committed bytes decode to `value` and that encoding `value` still
-/// gives those bytes (so producers and consumers agree byte for byte).
+/// gives those bytes (so producers and consumers agree byte for byte). `contract` names
+/// the released contract in the failure, e.g. `calendar.rsvp_changed v1`.
 fn check<T>(name: &str, value: &T)
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    check_contract(name, &contract_of(name), value)
+}
+
+/// `calendar.rsvp_changed.v1.tokens` → `calendar.rsvp_changed v1`.
+fn contract_of(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.iter().rposition(|p| {
+        p.strip_prefix('v')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }) {
+        Some(i) => format!("{} {}", parts[..i].join("."), parts[i]),
+        None => name.to_owned(),
+    }
+}
+
+fn breaking(contract: &str) -> String {
+    format!(
+        "breaking change to {contract}: released encodings no longer decode; \
+         publish a new version instead"
+    )
+}
+
+fn check_contract<T>(name: &str, contract: &str, value: &T)
 where
     T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
@@ -80,10 +110,12 @@ where
     }
     let committed = std::fs::read(&path).expect("read golden file");
     let decoded: T = wire::decode(&committed)
-        .unwrap_or_else(|e| panic!("{name}: committed bytes no longer decode: {e}"));
+        .unwrap_or_else(|e| panic!("{} (golden file {name}: {e})", breaking(contract)));
     assert_eq!(
-        &decoded, value,
-        "{name}: committed bytes decode to another value"
+        &decoded,
+        value,
+        "{} (golden file {name} decodes to another value)",
+        breaking(contract)
     );
     assert_eq!(
         encoded, committed,
@@ -100,7 +132,13 @@ where
         E::SUBJECT.contains(&format!(".v{}.", E::VERSION)),
         "{name}: subject carries the version"
     );
-    check(name, event);
+    assert!(
+        name.starts_with(&format!("{}.v{}", E::TYPE, E::VERSION)),
+        "{name}: a golden file of {} v{} is named after them",
+        E::TYPE,
+        E::VERSION
+    );
+    check_contract(name, &format!("{} v{}", E::TYPE, E::VERSION), event);
 }
 
 #[test]
@@ -209,6 +247,112 @@ fn rsvp_changed_v1() {
             previous_status: Some(RsvpStatus::Maybe),
             status: RsvpStatus::Going,
         },
+    );
+}
+
+#[test]
+fn rsvp_changed_v2() {
+    check_event(
+        "calendar.rsvp_changed.v2",
+        &RsvpChangedV2 {
+            meta: meta(8, 10, 5),
+            event: snapshot(),
+            attendee_id: id(30),
+            previous_status: Some(RsvpAnswer {
+                value: RsvpStatus::Maybe,
+                note: None,
+            }),
+            status: RsvpAnswer {
+                value: RsvpStatus::Going,
+                note: Some("bringing a friend".into()),
+            },
+        },
+    );
+}
+
+/// v2 is a genuinely breaking change: neither version's bytes decode as the other, so
+/// a consumer can only act on the version it declares (and parks the other).
+#[test]
+fn rsvp_changed_v2_breaks_v1() {
+    let v1 = RsvpChangedV1 {
+        meta: meta(5, 10, 4),
+        event: snapshot(),
+        attendee_id: id(30),
+        previous_status: None,
+        status: RsvpStatus::Going,
+    };
+    let v2 = RsvpChangedV2::from(&v1);
+    assert_eq!(v2.meta, v1.meta, "both copies carry one logical event id");
+    assert_eq!(v2.status.value, RsvpStatus::Going);
+    let v1_bytes = wire::encode(&v1).expect("encode");
+    let v2_bytes = wire::encode(&v2).expect("encode");
+    assert!(wire::decode::<RsvpChangedV2>(&v1_bytes).is_err());
+    assert!(wire::decode::<RsvpChangedV1>(&v2_bytes).is_err());
+    assert_eq!(
+        contracts::events::copy_msg_id(&v1.meta.message_id, 2),
+        format!("{}:v2", v1.meta.message_id)
+    );
+}
+
+/// Every released version of every event type has a golden file, and no version of a
+/// type was dropped from `KNOWN_EVENTS` while a later one exists.
+#[test]
+fn every_known_event_version_has_a_golden_file() {
+    let mut missing = Vec::new();
+    for (message_type, version, subject) in KNOWN_EVENTS {
+        let name = format!("{message_type}.v{version}");
+        if !golden_path(&name).exists() {
+            missing.push(name.clone());
+        }
+        assert!(
+            subject.contains(&format!(".v{version}.")),
+            "{name}: subject {subject} carries the version"
+        );
+        for earlier in 1..*version {
+            assert!(
+                KNOWN_EVENTS
+                    .iter()
+                    .any(|(t, v, _)| t == message_type && *v == earlier),
+                "{message_type} v{earlier} was released before v{version} and must stay in \
+                 KNOWN_EVENTS (with its golden file) while anyone may still read it"
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "released versions without a golden file: {missing:?}; add a test that writes \
+         tests/golden/<type>.v<N>.msgpack (run once with GOLDEN_WRITE=1)"
+    );
+}
+
+#[test]
+fn breaking_changes_are_named() {
+    assert_eq!(
+        contract_of("auth.user_registered.v1.tokens"),
+        "auth.user_registered v1"
+    );
+    assert_eq!(
+        contract_of("calendar.rsvp_changed.v2"),
+        "calendar.rsvp_changed v2"
+    );
+    // A v1 body read as if it were the released v2 encoding fails with the message CI
+    // shows for a breaking change.
+    let failure = std::panic::catch_unwind(|| {
+        let bytes = std::fs::read(golden_path("calendar.rsvp_changed.v1")).expect("golden");
+        let e = wire::decode::<RsvpChangedV2>(&bytes).expect_err("v1 is not v2");
+        panic!("{} ({e})", breaking("calendar.rsvp_changed v2"));
+    })
+    .expect_err("panics");
+    let text = failure
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        text.starts_with(
+            "breaking change to calendar.rsvp_changed v2: released encodings no longer decode; \
+             publish a new version instead"
+        ),
+        "{text}"
     );
 }
 

@@ -49,10 +49,31 @@ pub async fn enqueue<E: DomainEvent>(
     tx: &mut Transaction<'static, Any>,
     event: &E,
 ) -> Result<(), OutboxError> {
+    let nats_msg_id = event.meta().message_id.to_string();
+    enqueue_as(tx, event, &nats_msg_id).await
+}
+
+/// [`enqueue`] with another `Nats-Msg-Id`: for a second copy of the same logical event
+/// (e.g. v2 beside v1, see `contracts::events::copy_msg_id`). The stream dedupes by
+/// `Nats-Msg-Id` per stream, so the copy needs its own; `Mesh-Message-Id` and
+/// `meta.message_id` stay the logical id consumers dedupe on. `nats_msg_id` is also the
+/// row's unique key in the outbox.
+pub async fn enqueue_as<E: DomainEvent>(
+    tx: &mut Transaction<'static, Any>,
+    event: &E,
+    nats_msg_id: &str,
+) -> Result<(), OutboxError> {
     let payload = contracts::wire::encode(event)?;
     let mut headers: Vec<(String, String)> = contracts::events::event_headers(event)
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
+        .map(|(k, v)| {
+            let v = if k == contracts::subjects::headers::NATS_MSG_ID {
+                nats_msg_id.to_owned()
+            } else {
+                v
+            };
+            (k.to_owned(), v)
+        })
         .collect();
     headers.extend(crate::trace::current_context_pairs());
     let headers = serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into());
@@ -60,7 +81,7 @@ pub async fn enqueue<E: DomainEvent>(
         "INSERT INTO outbox (message_id, subject, headers, payload, created_at) \
          VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(event.meta().message_id.to_string())
+    .bind(nats_msg_id)
     .bind(E::SUBJECT)
     .bind(headers)
     .bind(payload)

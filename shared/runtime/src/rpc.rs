@@ -8,7 +8,9 @@
 //! in-flight ones finish.
 //!
 //! The routes are published in the NATS service metadata (`$SRV.INFO`, format in
-//! [`crate::routes`]): the gateway routes from what it discovers there.
+//! [`crate::routes`]): the gateway routes from what it discovers there. A service also
+//! says there which event contracts it produces and consumes ([`Contracts`], served by
+//! [`serve_with`]), so ops can see which versions run side by side.
 //!
 //! A body that does not decode into the handler's request type is answered with
 //! `validation_failed` and serde's explanation; handlers only see well-typed input.
@@ -132,6 +134,65 @@ fn encode_reply<T: Serialize>(reply: &RpcReply<T>) -> Vec<u8> {
     })
 }
 
+/// The event contracts a service produces and consumes, as `type@version`
+/// (`contracts::events::contract_ref`), published in its service-level discovery
+/// metadata under `contracts.produces` / `contracts.consumes` (JSON lists).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contracts {
+    pub produces: Vec<String>,
+    pub consumes: Vec<String>,
+}
+
+impl Contracts {
+    pub fn new() -> Self {
+        Contracts::default()
+    }
+
+    /// Declares that the service publishes `E`.
+    pub fn produces<E: contracts::DomainEvent>(mut self) -> Self {
+        self.produces.push(contracts::events::contract_ref::<E>());
+        self
+    }
+
+    /// Declares that the service reads `E` (and acts on it).
+    pub fn consumes<E: contracts::DomainEvent>(mut self) -> Self {
+        self.consumes.push(contracts::events::contract_ref::<E>());
+        self
+    }
+
+    /// The service-level metadata entries (none for an empty side).
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        use contracts::subjects::discovery::{CONTRACTS_CONSUMES, CONTRACTS_PRODUCES};
+        let mut m = HashMap::new();
+        for (key, list) in [
+            (CONTRACTS_PRODUCES, &self.produces),
+            (CONTRACTS_CONSUMES, &self.consumes),
+        ] {
+            if !list.is_empty()
+                && let Ok(json) = serde_json::to_string(list)
+            {
+                m.insert(key.to_owned(), json);
+            }
+        }
+        m
+    }
+
+    /// Reads them back from discovery metadata; a missing or unreadable entry is empty
+    /// (an instance of an older build that did not declare them).
+    pub fn from_metadata(m: &impl crate::routes::Metadata) -> Self {
+        use contracts::subjects::discovery::{CONTRACTS_CONSUMES, CONTRACTS_PRODUCES};
+        let list = |key| {
+            m.value(key)
+                .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
+                .unwrap_or_default()
+        };
+        Contracts {
+            produces: list(CONTRACTS_PRODUCES),
+            consumes: list(CONTRACTS_CONSUMES),
+        }
+    }
+}
+
 /// A service to run.
 pub struct ServiceSpec {
     pub name: &'static str,
@@ -159,14 +220,27 @@ pub async fn serve(
     spec: ServiceSpec,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    serve_with(client, spec, &Contracts::default(), cancel).await
+}
+
+/// [`serve`], also declaring the event contracts the service produces and consumes in
+/// its discovery metadata. A service with no endpoints is still discoverable.
+pub async fn serve_with(
+    client: async_nats::Client,
+    spec: ServiceSpec,
+    contracts: &Contracts,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     let err = |source| ServeError {
         name: spec.name,
         source,
     };
+    let mut metadata = service_metadata(&spec.endpoints);
+    metadata.extend(contracts.to_metadata());
     let service = client
         .service_builder()
         .description(spec.description)
-        .metadata(service_metadata(&spec.endpoints))
+        .metadata(metadata)
         .queue_group(contracts::subjects::RPC_QUEUE_GROUP)
         .start(spec.name, spec.version)
         .await
@@ -226,6 +300,11 @@ pub async fn serve(
     let drain_timeout = spec.drain_timeout;
     let name = spec.name;
     Ok(tokio::spawn(async move {
+        if loops.is_empty() {
+            // No endpoints (a consumer-only service, discoverable only): nothing ends
+            // the loops, so stay registered until shutdown.
+            cancel.cancelled().await;
+        }
         for l in loops {
             let _ = l.await;
         }
@@ -259,4 +338,26 @@ pub fn internal(err: &(dyn std::error::Error + 'static)) -> Problem {
     let mut p = Problem::new(ErrorCode::Internal);
     p.trace_id = crate::trace::current_trace_id();
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contracts::events::{RsvpChangedV1, RsvpChangedV2, UserRegisteredV1};
+
+    #[test]
+    fn contracts_round_trip_through_metadata() {
+        let c = Contracts::new()
+            .produces::<RsvpChangedV1>()
+            .produces::<RsvpChangedV2>()
+            .consumes::<UserRegisteredV1>();
+        let m = c.to_metadata();
+        assert_eq!(
+            m["contracts.produces"],
+            r#"["calendar.rsvp_changed@1","calendar.rsvp_changed@2"]"#
+        );
+        assert_eq!(Contracts::from_metadata(&m), c);
+        assert!(Contracts::new().to_metadata().is_empty());
+        assert_eq!(Contracts::from_metadata(&HashMap::new()), Contracts::new());
+    }
 }

@@ -16,8 +16,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 #[command(
     name = "meshctl",
     version,
-    about = "Operate the mesh: dead letters, replays and consumers, through the gateway's admin API",
-    long_about = "Operate the mesh: dead letters, replays and consumers, through the gateway's \
+    about = "Operate the mesh: dead letters, replays, consumers and services, through the gateway's admin API",
+    long_about = "Operate the mesh: dead letters, replays, consumers and services, through the gateway's \
                   admin API (/v1/admin/…, role admin).\n\nStart with `meshctl login`. Exit codes: \
                   0 ok, 1 other failure, 2 usage, 3 not logged in or not allowed, 4 not found."
 )]
@@ -67,6 +67,9 @@ pub enum Command {
     /// Pause or resume a durable consumer.
     #[command(subcommand)]
     Consumer(ConsumerCommand),
+    /// Running service instances: versions, event contracts produced and consumed;
+    /// consumer lag.
+    Services,
 }
 
 #[derive(Debug, Args)]

@@ -4,8 +4,8 @@
 //! does not allow and audit.
 //!
 //! Map: [`cli`] declares commands and flags; [`client`] holds the base URL and
-//! credentials and refreshes an expired session once; [`auth`], [`dlq`], [`audit`] and
-//! [`consumer`] are the command groups; [`render`] turns answers into tables and times.
+//! credentials and refreshes an expired session once; [`auth`], [`dlq`], [`audit`],
+//! [`consumer`] and [`services`] are the command groups; [`render`] turns answers into tables and times.
 //! [`run_with`] is the testable entry: input, output, error stream and terminal-ness
 //! are passed in, and it returns the exit code (see [`error::exit`]).
 
@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod dlq;
 pub mod error;
 pub mod render;
+pub mod services;
 
 use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal, Write};
@@ -111,6 +112,7 @@ async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<()> {
         Command::Dlq(cmd) => dlq::run(&mut client, cmd, json, io).await,
         Command::Audit(args) => audit::run(&mut client, args, json, io).await,
         Command::Consumer(cmd) => consumer::run(&mut client, cmd, json, io).await,
+        Command::Services => services::run(&mut client, json, io).await,
     }
 }
 

@@ -84,6 +84,7 @@ pub fn config(nats: &NatsServer, db: &TestDb, relay: bool) -> Config {
         database_url: db.url().to_owned(),
         outbox_relay: relay,
         max_in_flight: 64,
+        publish_rsvp_v2: false,
     }
 }
 

@@ -367,6 +367,7 @@ async fn every_endpoint_is_for_admins_only(backend: Backend) -> Result<()> {
         subj::RPC_STATS,
         subj::RPC_WHERE,
         subj::RPC_AUDIT,
+        subj::RPC_SERVICES,
     ];
     for (caller, code) in [
         (None, ErrorCode::Unauthorized),
@@ -410,6 +411,16 @@ async fn every_endpoint_is_for_admins_only(backend: Backend) -> Result<()> {
     assert!(audit.items.is_empty());
     let stats: HospitalStats = expect_ok(app.get(subj::RPC_STATS, &[], &[]).await?)?;
     assert!(stats.consumers.is_empty());
+    // `GET /v1/admin/services` finds the hospital itself through discovery.
+    let services: contracts::hospital::ServiceList =
+        expect_ok(app.get(subj::RPC_SERVICES, &[], &[]).await?)?;
+    assert!(
+        services
+            .instances
+            .iter()
+            .any(|i| i.service == subj::SERVICE && i.endpoints == 15),
+        "{services:?}"
+    );
 
     // Discovery: every endpoint names the public route it backs.
     let info = app
@@ -418,7 +429,7 @@ async fn every_endpoint_is_for_admins_only(backend: Backend) -> Result<()> {
         .await?;
     let info: serde_json::Value = serde_json::from_slice(&info.payload)?;
     let endpoints = info["endpoints"].as_array().expect("endpoints");
-    assert_eq!(endpoints.len(), 14);
+    assert_eq!(endpoints.len(), 15);
     for e in endpoints {
         let http = e["metadata"]["http"].as_str().unwrap_or_default();
         assert!(

@@ -562,6 +562,41 @@ async fn forbidden_exits_3_with_the_problem() {
 }
 
 #[tokio::test]
+async fn services_lists_instances_with_their_contract_versions_and_lag() {
+    let h = Harness::start().await;
+    h.logged_in(stub::EXPIRED, stub::REFRESH_GOOD);
+    let run = h.run(&["services"]).await;
+    assert_eq!(run.code, exit::OK, "{}", run.err);
+    let calendar_rows: Vec<&str> = run
+        .out
+        .lines()
+        .filter(|l| l.starts_with("calendar"))
+        .collect();
+    assert_eq!(calendar_rows.len(), 2, "{}", run.out);
+    assert!(
+        calendar_rows
+            .iter()
+            .any(|l| l.contains("CALNEW000000") && l.contains("calendar.rsvp_changed@1,2")),
+        "{}",
+        run.out
+    );
+    assert!(run.out.contains("PRODUCES"), "{}", run.out);
+    assert!(run.out.contains("LAG"), "{}", run.out);
+    assert!(
+        run.out
+            .lines()
+            .any(|l| l.starts_with("email-calendar") && l.contains("42")),
+        "{}",
+        run.out
+    );
+
+    let run = h.run(&["services", "--json"]).await;
+    assert_eq!(run.code, exit::OK, "{}", run.err);
+    let value: Value = serde_json::from_str(&run.out).unwrap();
+    assert_eq!(value["instances"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
 async fn not_logged_in_exits_3_without_a_request() {
     let h = Harness::start().await;
     let run = h.run(&["dlq", "stats"]).await;

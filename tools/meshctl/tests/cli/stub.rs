@@ -20,7 +20,7 @@ use contracts::hospital::{
     DeadLetterDetail, DeadLetterPage, DeadLetterStatus, Diagnosis, EditReplayRequest,
     EditReplayResult, ErrorKind, FailureGroup, FailureGroupList, Header, HospitalStats, Job,
     JobKind, JobList, JobStatus, MessageWhereabouts, Outcome, ParkedMessage, PauseRequest,
-    ReplayRequest, ResumeRequest, Selection, WhereaboutsList,
+    ReplayRequest, ResumeRequest, Selection, ServiceInstance, ServiceList, WhereaboutsList,
 };
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -113,6 +113,7 @@ pub async fn start() -> Stub {
         .route("/v1/admin/dlq/jobs", get(jobs))
         .route("/v1/admin/dlq/jobs/{id}", get(job))
         .route("/v1/admin/dlq/stats", get(stats))
+        .route("/v1/admin/services", get(services))
         .route("/v1/admin/dlq/where", get(whereabouts))
         .route("/v1/admin/audit", get(audit))
         .route("/v1/admin/consumers/{durable}/pause", post(pause))
@@ -560,6 +561,56 @@ async fn jobs(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Respon
     }
     let items = state.jobs.lock().unwrap().values().cloned().collect();
     Json(JobList { items }).into_response()
+}
+
+async fn services(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let calendar = |id: &str, v2: bool| {
+        let mut produces = vec![
+            "calendar.event_created@1".to_owned(),
+            "calendar.rsvp_changed@1".to_owned(),
+        ];
+        if v2 {
+            produces.push("calendar.rsvp_changed@2".to_owned());
+        }
+        ServiceInstance {
+            service: "calendar".into(),
+            id: id.into(),
+            version: "0.1.0".into(),
+            description: "Calendar events and RSVPs".into(),
+            endpoints: 7,
+            produces,
+            consumes: Vec::new(),
+        }
+    };
+    Json(ServiceList {
+        instances: vec![
+            calendar("CALOLD0000000000", false),
+            calendar("CALNEW0000000000", true),
+            ServiceInstance {
+                service: "email".into(),
+                id: "EMAIL00000000000".into(),
+                version: "0.1.0".into(),
+                description: "Mail".into(),
+                endpoints: 0,
+                produces: Vec::new(),
+                consumes: vec!["calendar.rsvp_changed@1".into()],
+            },
+        ],
+        consumers: vec![ConsumerState {
+            durable: "email-calendar".into(),
+            stream: "CALENDAR".into(),
+            pending: 42,
+            ack_pending: 3,
+            redelivered: 0,
+            parked: 0,
+            paused: false,
+            paused_until: None,
+        }],
+    })
+    .into_response()
 }
 
 async fn stats(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
