@@ -11,6 +11,10 @@
 //! - [`TestDb`], [`Backend`], [`backends`]: one fresh database; one test body over both backends.
 //! - [`ServiceProcess`]: one service binary with its env, free `HTTP_ADDR` and a log file.
 //! - [`Mesh`] / [`MeshBuilder`]: nats + auth + calendar + gateway, ready to serve.
+//! - [`NatsCluster`]: a JetStream cluster on loopback ports (R3 streams); kill a node
+//!   and start it again.
+//! - [`Fleet`] / [`FleetBuilder`]: replicas of the services against an external NATS
+//!   (a cluster's URL list), for rolling restarts.
 //! - [`Api`]: HTTP helpers against the gateway (register, login, any request).
 //! - [`poll_until`], [`poll_until_ok`]: wait for an effect with a deadline, never `sleep`.
 //! - For a service started in-process by its own tests: [`backend_tests!`] and
@@ -1418,6 +1422,543 @@ impl Mesh {
             }
         }
         self.nats.stop().await?;
+        if !failures.is_empty() {
+            bail!("unclean shutdown: {}", failures.join("; "));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// NatsCluster
+// ---------------------------------------------------------------------------------------
+
+/// One node of a [`NatsCluster`].
+struct ClusterNode {
+    name: String,
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster of nats-servers on loopback ports (client and route port free,
+/// a store directory and a config file per node, every node routing to all), for
+/// replicated (R3) streams. Nodes can be killed and started again on the same ports and
+/// stores to test node loss. Everything is killed on drop.
+pub struct NatsCluster {
+    bin: PathBuf,
+    nodes: Vec<ClusterNode>,
+    // Last field: removed after the children are gone.
+    _dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Start `size` nodes (named `n1`, `n2`, …) and wait until JetStream answers through
+    /// every one of them (a meta leader is elected).
+    pub async fn start(size: usize) -> Result<Self> {
+        if size == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let bin = nats_server_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("mesh-nats-cluster-")
+            .tempdir()
+            .context("Failed to create a tempdir for the cluster")?;
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("    nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut nodes = Vec::with_capacity(size);
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let port = free_port();
+            let store = dir.path().join(&name).join("jetstream");
+            std::fs::create_dir_all(&store)?;
+            let config = dir.path().join(&name).join("nats.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+                     jetstream {{\n    store_dir: \"{}\"\n}}\n\
+                     cluster {{\n    name: mesh\n    listen: 127.0.0.1:{route_port}\n    routes: [\n{routes}\n    ]\n}}\n",
+                    store.display()
+                ),
+            )?;
+            nodes.push(ClusterNode {
+                log: dir.path().join(&name).join("nats-server.log"),
+                name,
+                port,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster {
+            bin,
+            nodes,
+            _dir: dir,
+        };
+        for node in 0..size {
+            cluster.spawn(node)?;
+        }
+        for node in 0..size {
+            cluster.wait_usable(node, Duration::from_secs(60)).await?;
+        }
+        cluster.wait_replicated(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until a stream with one replica per node can be created (every node has
+    /// joined the JetStream meta group), then deletes that probe stream.
+    async fn wait_replicated(&self, timeout: Duration) -> Result<()> {
+        let js = self.jetstream().await?;
+        let replicas = self.nodes.len();
+        poll_until_ok(timeout, "a replicated probe stream", || {
+            let js = js.clone();
+            async move {
+                js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "HARNESS_PROBE".into(),
+                    subjects: vec!["harness.probe".into()],
+                    num_replicas: replicas,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await?;
+                js.delete_stream("HARNESS_PROBE").await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    fn node(&self, node: usize) -> Result<&ClusterNode> {
+        self.nodes
+            .get(node)
+            .with_context(|| format!("the cluster has no node {node}"))
+    }
+
+    fn node_mut(&mut self, node: usize) -> Result<&mut ClusterNode> {
+        self.nodes
+            .get_mut(node)
+            .with_context(|| format!("the cluster has no node {node}"))
+    }
+
+    fn spawn(&mut self, node: usize) -> Result<()> {
+        let bin = self.bin.clone();
+        let n = self.node_mut(node)?;
+        append_line(
+            &n.log,
+            &format!(
+                "===== integration: starting nats-server {} on {} =====",
+                n.name, n.port
+            ),
+        );
+        let (stdout, stderr) = log_stdio(&n.log)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c")
+            .arg(&n.config)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        sys::die_with_parent(&mut cmd);
+        n.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("Failed to start {}", bin.display()))?,
+        );
+        Ok(())
+    }
+
+    /// Waits until `$JS.API.INFO` answers through `node`.
+    async fn wait_usable(&mut self, node: usize, timeout: Duration) -> Result<()> {
+        let url = self.url(node)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.node_mut(node)?;
+            if let Some(child) = n.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                n.child = None;
+                bail!(
+                    "nats-server {} exited during startup ({status}):\n{}",
+                    n.name,
+                    tail_lines(&read_lossy(&n.log), 30)
+                );
+            }
+            let last_err = match jetstream_info(&url).await {
+                Ok(()) => return Ok(()),
+                Err(err) => format!("{err:#}"),
+            };
+            if Instant::now() >= deadline {
+                let n = self.node(node)?;
+                bail!(
+                    "nats-server {} not usable within {timeout:?} ({last_err}):\n{}",
+                    n.name,
+                    tail_lines(&read_lossy(&n.log), 30)
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Number of nodes.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `nats://127.0.0.1:<port>` of one node (0-based).
+    pub fn url(&self, node: usize) -> Result<String> {
+        Ok(format!("nats://127.0.0.1:{}", self.node(node)?.port))
+    }
+
+    /// Every node's URL, comma-separated: a service's `NATS_URL`.
+    pub fn url_list(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server name of `node` (`n1`, …), as stream cluster info reports it.
+    pub fn name(&self, node: usize) -> Result<&str> {
+        Ok(&self.node(node)?.name)
+    }
+
+    pub fn is_running(&mut self, node: usize) -> bool {
+        match self.nodes.get_mut(node).and_then(|n| n.child.as_mut()) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGKILL one node: a crash, nothing flushed, no lame duck mode.
+    pub fn kill(&mut self, node: usize) -> Result<()> {
+        let n = self.node_mut(node)?;
+        if let Some(mut child) = n.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM one node and wait for it to exit.
+    pub async fn stop(&mut self, node: usize) -> Result<()> {
+        let n = self.node_mut(node)?;
+        let label = format!("nats-server {}", n.name);
+        if let Some(mut child) = n.child.take() {
+            terminate_child(&mut child, STOP_TIMEOUT, &label).await?;
+        }
+        Ok(())
+    }
+
+    /// Start a stopped or killed node again on its ports and store; returns once
+    /// JetStream answers through it. Whether its stream replicas caught up is
+    /// [`Self::wait_stream_current`].
+    pub async fn start_again(&mut self, node: usize) -> Result<()> {
+        if self.is_running(node) {
+            bail!("nats-server {} is still running", self.node(node)?.name);
+        }
+        self.spawn(node)?;
+        self.wait_usable(node, Duration::from_secs(60)).await
+    }
+
+    /// Waits until `stream` has a leader and every other node is a current replica
+    /// (none offline, none lagging); returns the stream info.
+    pub async fn wait_stream_current(
+        &self,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<async_nats::jetstream::stream::Info> {
+        let js = self.jetstream().await?;
+        let expected = self.nodes.len().saturating_sub(1);
+        poll_until_ok(
+            timeout,
+            &format!("every replica of {stream} to be current"),
+            || {
+                let js = js.clone();
+                async move {
+                    let mut s = js.get_stream(stream).await?;
+                    let info = s.info().await?.clone();
+                    let cluster = info.cluster.clone().context("no cluster info")?;
+                    let current = cluster
+                        .replicas
+                        .iter()
+                        .filter(|r| r.current && !r.offline && r.lag.unwrap_or(0) == 0)
+                        .count();
+                    if cluster.leader.is_none() || current < expected {
+                        bail!(
+                            "{stream}: leader {:?}, replicas {:?}",
+                            cluster.leader,
+                            cluster.replicas
+                        );
+                    }
+                    Ok(info)
+                }
+            },
+        )
+        .await
+    }
+
+    /// A client that may use every node (and fails over between them).
+    pub async fn client(&self) -> Result<async_nats::Client> {
+        let urls: Vec<String> = (0..self.nodes.len())
+            .map(|n| self.url(n))
+            .collect::<Result<_>>()?;
+        async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(urls)
+            .await
+            .with_context(|| format!("Failed to connect to {}", self.url_list()))
+    }
+
+    /// A JetStream context on a new [`Self::client`].
+    pub async fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
+        Ok(async_nats::jetstream::new(self.client().await?))
+    }
+
+    /// Everything `node` logged so far.
+    pub fn log_text(&self, node: usize) -> String {
+        self.nodes
+            .get(node)
+            .map(|n| read_lossy(&n.log))
+            .unwrap_or_default()
+    }
+}
+
+/// One `$JS.API.INFO` through the server at `url` (no fail-over).
+async fn jetstream_info(url: &str) -> Result<()> {
+    let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url))
+        .await
+        .context("connect timed out")??;
+    let js = async_nats::jetstream::new(client);
+    tokio::time::timeout(Duration::from_secs(2), js.query_account())
+        .await
+        .context("JetStream account info timed out")??;
+    Ok(())
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // Like a service's log: the test runner shows it only for a failing test.
+        for n in &self.nodes {
+            dump_log(&format!("nats-server {}", n.name), &n.log);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fleet
+// ---------------------------------------------------------------------------------------
+
+/// Configures a [`Fleet`] before it starts.
+pub struct FleetBuilder {
+    backend: Backend,
+    nats_url: String,
+    replicas: Vec<(String, usize)>,
+    env: HashMap<String, HashMap<String, String>>,
+    common_env: HashMap<String, String>,
+    ready_timeout: Duration,
+}
+
+impl FleetBuilder {
+    /// Run `replicas` processes of `service` (`"auth"`, …, `"gateway"`).
+    pub fn service(mut self, service: &str, replicas: usize) -> Self {
+        self.replicas.retain(|(s, _)| s != service);
+        self.replicas.push((service.to_owned(), replicas));
+        self
+    }
+
+    /// Set `key=value` for every replica of one service.
+    pub fn with_env(mut self, service: &str, key: &str, value: &str) -> Self {
+        self.env
+            .entry(service.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Set `key=value` for every process.
+    pub fn with_env_all(mut self, key: &str, value: &str) -> Self {
+        self.common_env.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// How long to wait for each `/readyz` (default [`READY_TIMEOUT`]).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// A database per service that needs one (shared by its replicas), then the
+    /// processes one at a time, each ready before the next starts: first replicas in
+    /// dependency order (gateways last), then the second replicas, and so on.
+    pub async fn start(self) -> Result<Fleet> {
+        for (name, _) in &self.replicas {
+            if !MESH_SERVICES.iter().any(|(s, _)| s == name) {
+                bail!("unknown service {name:?}");
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("mesh-fleet-").tempdir()?;
+        let mut fleet = Fleet {
+            processes: Vec::new(),
+            dbs: HashMap::new(),
+            ready_timeout: self.ready_timeout,
+            _dir: dir,
+        };
+        let mut envs = Vec::new();
+        for (name, needs_db) in MESH_SERVICES {
+            let Some((_, replicas)) = self.replicas.iter().find(|(s, _)| s == name) else {
+                continue;
+            };
+            let mut env = self.common_env.clone();
+            env.insert("NATS_URL".into(), self.nats_url.clone());
+            if *needs_db {
+                let db = TestDb::create(self.backend, fleet._dir.path(), name).await?;
+                env.insert("DATABASE_URL".into(), db.url().to_owned());
+                fleet.dbs.insert((*name).to_owned(), db);
+            }
+            if let Some(overrides) = self.env.get(*name) {
+                env.extend(overrides.clone());
+            }
+            envs.push(((*name).to_owned(), *replicas, env));
+        }
+        // One process at a time: on a cluster, services creating the same replicated
+        // stream at once make the losers' requests time out (nats-server answers only
+        // one of concurrent identical creates), and a service may treat that as fatal.
+        let max_replicas = envs.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
+        for round in 0..max_replicas {
+            for (name, replicas, env) in &envs {
+                if round < *replicas {
+                    let mut process = ServiceProcess::spawn(name, env.clone())?;
+                    process.wait_ready(self.ready_timeout).await?;
+                    fleet
+                        .processes
+                        .push((format!("{name}#{}", round + 1), process));
+                }
+            }
+        }
+        // Dependency order (gateways last), replicas of one service side by side.
+        fleet.processes.sort_by_key(|(label, _)| {
+            let service = label.split('#').next().unwrap_or_default();
+            (
+                MESH_SERVICES
+                    .iter()
+                    .position(|(s, _)| *s == service)
+                    .unwrap_or(usize::MAX),
+                label.clone(),
+            )
+        });
+        Ok(fleet)
+    }
+}
+
+/// Replicas of the mesh services against an external NATS (e.g. a [`NatsCluster`]),
+/// each service on one fresh database shared by its replicas. Processes are labelled
+/// `<service>#<n>` (`calendar#2`). Everything is killed on drop; [`Fleet::shutdown`]
+/// stops gracefully and checks exit codes.
+pub struct Fleet {
+    // Field order is drop order: processes, then databases, then files.
+    processes: Vec<(String, ServiceProcess)>,
+    dbs: HashMap<String, TestDb>,
+    ready_timeout: Duration,
+    _dir: TempDir,
+}
+
+impl Fleet {
+    /// A builder for services connecting to `nats_url` (one URL, or a comma list of a
+    /// cluster's nodes) on `backend`; add services with [`FleetBuilder::service`].
+    pub fn builder(backend: Backend, nats_url: impl Into<String>) -> FleetBuilder {
+        FleetBuilder {
+            backend,
+            nats_url: nats_url.into(),
+            replicas: Vec::new(),
+            env: HashMap::new(),
+            common_env: HashMap::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Every process label in dependency order (`auth#1`, `auth#2`, …, `gateway#2`).
+    pub fn labels(&self) -> Vec<String> {
+        self.processes.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// The process labelled `label`.
+    pub fn process(&self, label: &str) -> Result<&ServiceProcess> {
+        self.processes
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, p)| p)
+            .with_context(|| format!("no process {label:?} in this fleet"))
+    }
+
+    /// The process labelled `label`, mutably.
+    pub fn process_mut(&mut self, label: &str) -> Result<&mut ServiceProcess> {
+        self.processes
+            .iter_mut()
+            .find(|(l, _)| l == label)
+            .map(|(_, p)| p)
+            .with_context(|| format!("no process {label:?} in this fleet"))
+    }
+
+    /// Every replica of `service`.
+    pub fn replicas(&self, service: &str) -> Vec<&ServiceProcess> {
+        self.processes
+            .iter()
+            .filter(|(l, _)| l.split('#').next() == Some(service))
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// `http://<HTTP_ADDR>` of every gateway replica.
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.replicas("gateway")
+            .into_iter()
+            .map(|p| p.url(""))
+            .collect()
+    }
+
+    /// The `DATABASE_URL` of `service`, if it has a database.
+    pub fn database_url(&self, service: &str) -> Option<&str> {
+        self.dbs.get(service).map(TestDb::url)
+    }
+
+    /// A rolling-restart step: SIGTERM the process labelled `label` (it must exit
+    /// cleanly within [`STOP_TIMEOUT`]), start a new process of the same binary with the
+    /// same env, port and database, and wait until it is ready.
+    pub async fn restart(&mut self, label: &str) -> Result<()> {
+        let timeout = self.ready_timeout;
+        let process = self.process_mut(label)?;
+        let status = process.terminate().await?;
+        if !status.success() {
+            bail!("{label} exited with {status} on SIGTERM");
+        }
+        process.respawn()?;
+        process.wait_ready(timeout).await
+    }
+
+    /// Stop everything gracefully in reverse dependency order (gateways first). Errors
+    /// if a process does not exit cleanly on SIGTERM.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let mut failures = Vec::new();
+        for (label, process) in self.processes.iter_mut().rev() {
+            if !process.is_running() {
+                continue;
+            }
+            match process.terminate().await {
+                Ok(status) if status.success() => {}
+                Ok(status) => failures.push(format!("{label} exited with {status}")),
+                Err(err) => failures.push(format!("{err:#}")),
+            }
+        }
         if !failures.is_empty() {
             bail!("unclean shutdown: {}", failures.join("; "));
         }

@@ -6,6 +6,7 @@ mod evolution;
 mod foundation;
 mod hospital;
 mod permissions;
+mod resilience;
 mod subscribers;
 
 use std::future::Future;
