@@ -349,6 +349,10 @@ pub async fn run<H: Handler>(
     let limit = Arc::new(Semaphore::new(batch));
     let ward = Arc::new(Ward::open(js, &config).await);
     let config = Arc::new(config);
+    // Stream sequences this process is handling right now. When progress acks are lost
+    // (a NATS node dies), the server redelivers a message while its first delivery still
+    // runs here; handling both at once would do the effect twice.
+    let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<u64>>> = Arc::default();
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -370,8 +374,28 @@ pub async fn run<H: Handler>(
         let handler = handler.clone();
         let config = config.clone();
         let ward = ward.clone();
+        let sequence = message.info().map(|i| i.stream_sequence).ok();
+        let first = sequence.is_none_or(|s| {
+            in_flight
+                .lock()
+                .map(|mut set| set.insert(s))
+                .unwrap_or(true)
+        });
+        if !first {
+            // The earlier delivery settles it; ask for this one again later, in case
+            // that delivery fails.
+            tracing::debug!(durable = %config.durable, ?sequence, "redelivered while still in flight here");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(config.retry.ack_wait())))
+                .await;
+            continue;
+        }
+        let in_flight = in_flight.clone();
         tracker.spawn(async move {
             handle_one(message, &config, &ward, handler.as_ref()).await;
+            if let (Some(s), Ok(mut set)) = (sequence, in_flight.lock()) {
+                set.remove(&s);
+            }
             drop(permit);
         });
     }
