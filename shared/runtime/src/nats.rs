@@ -98,6 +98,9 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
     }
 }
 
+/// How often provisioning a stream is tried before start-up gives up.
+const PROVISION_ATTEMPTS: u32 = 6;
+
 /// Creates or updates the given streams; safe to run at every start and from several
 /// replicas at once.
 pub async fn provision_streams(
@@ -105,12 +108,25 @@ pub async fn provision_streams(
     specs: &[StreamSpec],
 ) -> Result<(), NatsError> {
     for spec in specs {
-        js.create_or_update_stream(stream_config(spec))
-            .await
-            .map_err(|source| NatsError::Stream {
-                name: spec.name.to_owned(),
-                source,
-            })?;
+        // On a cluster, replicas creating the same replicated stream at once can see
+        // their requests time out while the first one is applied: try a few times.
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match js.create_or_update_stream(stream_config(spec)).await {
+                Ok(_) => break,
+                Err(source) if attempt >= PROVISION_ATTEMPTS => {
+                    return Err(NatsError::Stream {
+                        name: spec.name.to_owned(),
+                        source,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(stream = spec.name, attempt, error = %e, "stream provisioning failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+            }
+        }
         tracing::debug!(stream = spec.name, "stream provisioned");
     }
     Ok(())
