@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn admin_routes_are_admin_only_and_durables_are_checked() {
         let admin: Vec<Route> = admin_routes();
-        assert_eq!(admin.len(), 14);
+        assert_eq!(admin.len(), 15);
         for r in &admin {
             assert_eq!(r.auth, AuthRule::Admin, "{} {}", r.method, r.path);
             assert!(r.path.starts_with("/v1/admin/"), "{}", r.path);

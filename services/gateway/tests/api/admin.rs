@@ -43,7 +43,7 @@ async fn every_admin_route_refuses_users_and_anonymous_callers() {
     let app = spawn_app().await;
     let stubs = stub_all(&app).await;
     let routes = admin_routes();
-    assert_eq!(routes.len(), 14);
+    assert_eq!(routes.len(), 15);
 
     for route in &routes {
         let path = path_of(route, Uuid::now_v7());

@@ -42,6 +42,7 @@ pub const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/admin/audit", "admin"),
     ("POST", "/v1/admin/consumers/{durable}/pause", "admin"),
     ("POST", "/v1/admin/consumers/{durable}/resume", "admin"),
+    ("GET", "/v1/admin/services", "admin"),
 ];
 
 /// Each real service's name and its declarations.
