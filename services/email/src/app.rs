@@ -44,12 +44,8 @@ pub enum StartError {
     Templates(#[from] TemplateError),
     #[error("EMAIL_FROM={value:?} is not a mailbox: {reason}")]
     From { value: String, reason: String },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] runtime::health::BindError),
     #[error("HTTP listener failed: {0}")]
     Http(#[source] std::io::Error),
     #[error(transparent)]
@@ -127,17 +123,7 @@ impl Application {
         };
         tracing::info!(transport = %mailer.describe(), "mail transport ready");
         let processor = Arc::new(Processor::new(db.clone(), mailer, templates, settings));
-        let addr = config.common.http_addr.clone();
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?
-            .port();
+        let (listener, port) = runtime::health::bind(&config.common.http_addr).await?;
         let client = runtime::nats::connect(&config.common, SERVICE).await?;
         Ok(Application {
             config,

@@ -42,12 +42,8 @@ pub enum StartError {
     Recover(#[source] crate::store::StoreError),
     #[error(transparent)]
     Nats(#[from] NatsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] runtime::health::BindError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("HTTP listener failed: {0}")]
@@ -98,17 +94,7 @@ impl Application {
         if recovered > 0 {
             tracing::warn!(jobs = recovered, "jobs of a stopped process marked failed");
         }
-        let addr = config.common.http_addr.clone();
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?
-            .port();
+        let (listener, port) = runtime::health::bind(&config.common.http_addr).await?;
         let client = runtime::nats::connect(&config.common, subjects::hospital::SERVICE).await?;
         Ok(Application {
             config,

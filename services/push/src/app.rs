@@ -33,12 +33,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error(transparent)]
     Nats(#[from] NatsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] runtime::health::BindError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("HTTP listener failed: {0}")]
@@ -84,17 +80,7 @@ impl Application {
     /// background, so the service starts and serves `/healthz` meanwhile.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let db = Database::connect(&config.database_url, &MIGRATIONS).await?;
-        let addr = config.common.http_addr.clone();
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?
-            .port();
+        let (listener, port) = runtime::health::bind(&config.common.http_addr).await?;
         let client = runtime::nats::connect(&config.common, subjects::push::SERVICE).await?;
         Ok(Application {
             config,

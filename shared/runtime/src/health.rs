@@ -129,6 +129,27 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, Json<Health>) {
     (status, Json(health))
 }
 
+/// The service's HTTP listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the service's HTTP listener and returns it with its port (the actual one when
+/// `addr` asked for port 0, as tests do).
+pub async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, u16), BindError> {
+    let err = |source| BindError {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let port = listener.local_addr().map_err(err)?.port();
+    Ok((listener, port))
+}
+
 /// Serves `router` on `listener` until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
