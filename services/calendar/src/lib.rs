@@ -20,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod handlers;
+pub mod rsvp_writer;
 pub mod service;
 pub mod store;
 

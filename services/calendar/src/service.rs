@@ -6,22 +6,19 @@
 //! rows, v1 and v2 of `calendar.rsvp_changed`, with one logical message id (the v2 row's
 //! `Nats-Msg-Id` is `<id>:v2`); consumers filter one version each.
 
-use contracts::DomainEvent;
 use contracts::api::{
     self, CreateEventRequest, EventPage, RsvpPage, RsvpResult, UpdateEventRequest,
 };
-use contracts::events::{
-    EventCancelledV1, EventCreatedV1, EventMeta, EventUpdatedV1, RsvpChangedV1, RsvpChangedV2,
-    RsvpStatus, copy_msg_id,
-};
+use contracts::events::{EventCancelledV1, EventCreatedV1, EventMeta, EventUpdatedV1, RsvpStatus};
 use jiff::Timestamp;
 use runtime::db::Database;
-use runtime::outbox::{OutboxError, RelayWaker, enqueue, enqueue_as};
+use runtime::outbox::{OutboxError, RelayWaker, enqueue};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, DomainError, EventCursor, EventQuery, EventRecord, RsvpCursor, RsvpPlan, RsvpQuery,
+    self, DomainError, EventCursor, EventQuery, EventRecord, RsvpCursor, RsvpQuery,
 };
+use crate::rsvp_writer::RsvpWriter;
 use crate::store::{self, RsvpRecord, StoreError};
 
 /// Why a use case failed: a rule (answered with its code) or the infrastructure (500).
@@ -50,10 +47,12 @@ pub struct Calendar {
     waker: RelayWaker,
     /// Also publish `RsvpChangedV2` beside v1 (`CALENDAR_PUBLISH_RSVP_V2`).
     rsvp_v2: bool,
+    /// The group-committing writer every RSVP goes through.
+    rsvps: RsvpWriter,
 }
 
 /// The current time at the stored precision (µs), so a reply and a later read agree.
-fn now_us() -> Timestamp {
+pub(crate) fn now_us() -> Timestamp {
     runtime::db::from_micros(runtime::db::to_micros(Timestamp::now()))
 }
 
@@ -67,17 +66,22 @@ fn rsvp_to_api(r: &RsvpRecord) -> api::Rsvp {
 }
 
 impl Calendar {
+    /// The use cases over `db`; starts the RSVP writer on the current runtime.
     pub fn new(db: Database, waker: RelayWaker) -> Self {
+        let rsvps = RsvpWriter::start(db.clone(), waker.clone(), false);
         Calendar {
             db,
             waker,
             rsvp_v2: false,
+            rsvps,
         }
     }
 
     /// Publish v2 of `calendar.rsvp_changed` beside v1 (off by default).
     pub fn publish_rsvp_v2(mut self, on: bool) -> Self {
         self.rsvp_v2 = on;
+        // A writer that knows; the old one stops once its handle is dropped here.
+        self.rsvps = RsvpWriter::start(self.db.clone(), self.waker.clone(), on);
         self
     }
 
@@ -187,62 +191,12 @@ impl Calendar {
         Ok(cancelled.to_api(mine))
     }
 
-    /// Sets the caller's answer. Every change of one event is serialized behind its
-    /// row lock, and the seat itself is taken by a conditional UPDATE, so concurrent
-    /// RSVPs cannot overbook.
+    /// Sets the caller's answer. RSVPs are applied in batches by one writer (see
+    /// [`crate::rsvp_writer`]): every change of one event is serialized behind its row
+    /// lock, and seats are counted against the running total, so concurrent RSVPs
+    /// cannot overbook.
     pub async fn put_rsvp(&self, caller: Uuid, id: Uuid, status: RsvpStatus) -> Result<RsvpResult> {
-        let now = now_us();
-        let mut tx = self.db.begin_write().await?;
-        let current = store::lock_event(&mut tx, self.db.backend, id)
-            .await?
-            .ok_or(DomainError::NotFound)?;
-        let previous = store::rsvp_of(&mut tx, id, caller).await?;
-        let delta = match domain::plan_rsvp(&current, previous, status, now)? {
-            RsvpPlan::Unchanged => {
-                let rsvp = store::get_rsvp(&mut tx, id, caller).await?;
-                tx.rollback().await?;
-                let rsvp = rsvp.ok_or(DomainError::NotFound)?;
-                return Ok(RsvpResult {
-                    rsvp: rsvp_to_api(&rsvp),
-                    counts: current.counts,
-                    changed: false,
-                });
-            }
-            RsvpPlan::Change(delta) => delta,
-        };
-        let Some(updated) = store::apply_rsvp_counts(&mut tx, id, delta, now).await? else {
-            // The conditional UPDATE found no free seat.
-            tx.rollback().await?;
-            return Err(DomainError::EventFull.into());
-        };
-        store::upsert_rsvp(&mut tx, id, caller, status, now).await?;
-        let event = RsvpChangedV1 {
-            meta: EventMeta::new(id, updated.version),
-            event: updated.snapshot(),
-            attendee_id: caller,
-            previous_status: previous,
-            status,
-        };
-        enqueue(&mut tx, &event).await?;
-        if self.rsvp_v2 {
-            // The same change as v2: same logical id, its own Nats-Msg-Id (the stream
-            // would drop a second message with the first one's).
-            let v2 = RsvpChangedV2::from(&event);
-            let id = copy_msg_id(&v2.meta.message_id, RsvpChangedV2::VERSION);
-            enqueue_as(&mut tx, &v2, &id).await?;
-        }
-        tx.commit().await?;
-        self.waker.wake();
-        Ok(RsvpResult {
-            rsvp: api::Rsvp {
-                event_id: id,
-                user_id: caller,
-                status,
-                updated_at: now,
-            },
-            counts: updated.counts,
-            changed: true,
-        })
+        self.rsvps.put(caller, id, status).await
     }
 
     pub async fn list_rsvps(&self, caller: Uuid, id: Uuid, q: &RsvpQuery) -> Result<RsvpPage> {

@@ -13,9 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use crate::domain::{
-    CountDelta, EventFields, EventQuery, EventRecord, Mine, RsvpCursor, RsvpQuery,
-};
+use crate::domain::{EventFields, EventQuery, EventRecord, Mine, RsvpCursor, RsvpQuery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -163,6 +161,144 @@ pub async fn lock_event(
     row.as_ref().map(event_from_row).transpose()
 }
 
+/// Reads the events `ids` inside a write transaction (locking their rows on
+/// PostgreSQL, in id order so two writers cannot deadlock); missing ids are absent.
+pub async fn lock_events(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ids: &[Uuid],
+) -> Result<Vec<EventRecord>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let placeholders = (1..=ids.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.id IN ({placeholders}) ORDER BY e.id{lock}"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.to_string());
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// The RSVPs of the given (event, user) pairs that exist.
+pub async fn rsvps_of(
+    conn: &mut AnyConnection,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<Vec<RsvpRecord>, StoreError> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conds = (0..pairs.len())
+        .map(|i| format!("(event_id = ${} AND user_id = ${})", 2 * i + 1, 2 * i + 2))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = format!("SELECT event_id, user_id, status, updated_at FROM rsvps WHERE {conds}");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (event, user) in pairs {
+        query = query.bind(event.to_string()).bind(user.to_string());
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(rsvp_from_row).collect()
+}
+
+/// Writes the counts, version and `updated_at` of events changed in memory, in one
+/// statement. Each row is written only if its stored version is still `from_version`
+/// (the caller holds the rows' locks, so anything else is a bug); returns how many rows
+/// were written.
+pub async fn write_counts(
+    conn: &mut AnyConnection,
+    changes: &[(&EventRecord, u64)],
+) -> Result<u64, StoreError> {
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    // CASE id WHEN … THEN CAST(… AS BIGINT): PostgreSQL cannot infer a parameter's type
+    // inside CASE, and SQLite accepts the cast as well.
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut push = |b: Bind| {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    let mut cases: [String; 5] = Default::default();
+    let mut ids = Vec::with_capacity(changes.len());
+    let mut guards = Vec::with_capacity(changes.len());
+    for (ev, from_version) in changes {
+        let id = push(Bind::Text(ev.id.to_string()));
+        let values = [
+            i64::from(ev.counts.going),
+            i64::from(ev.counts.maybe),
+            i64::from(ev.counts.declined),
+            ev.version as i64,
+            to_micros(ev.updated_at),
+        ];
+        for (case, value) in cases.iter_mut().zip(values) {
+            let v = push(Bind::Int(value));
+            case.push_str(&format!(" WHEN {id} THEN CAST({v} AS BIGINT)"));
+        }
+        let from = push(Bind::Int(*from_version as i64));
+        guards.push(format!("(id = {id} AND version = {from})"));
+        ids.push(id);
+    }
+    let [going, maybe, declined, version, updated_at] = cases;
+    let sql = format!(
+        "UPDATE events SET going = CASE id{going} END, maybe = CASE id{maybe} END, \
+         declined = CASE id{declined} END, version = CASE id{version} END, \
+         updated_at = CASE id{updated_at} END WHERE {}",
+        guards.join(" OR ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        query = match b {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(n) => query.bind(n),
+        };
+    }
+    Ok(query.execute(conn).await?.rows_affected())
+}
+
+/// Inserts or replaces many answers in one statement. Each (event, user) pair must
+/// appear once (PostgreSQL refuses to update one row twice in a statement).
+pub async fn upsert_rsvps(
+    conn: &mut AnyConnection,
+    rsvps: &[RsvpRecord],
+) -> Result<(), StoreError> {
+    const ROWS_PER_STATEMENT: usize = 250;
+    for chunk in rsvps.chunks(ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = i * 4;
+                format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO rsvps (event_id, user_id, status, updated_at) VALUES {values} \
+             ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
+             updated_at = excluded.updated_at"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            query = query
+                .bind(r.event_id.to_string())
+                .bind(r.user_id.to_string())
+                .bind(r.status.as_str())
+                .bind(to_micros(r.updated_at));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Writes the editable fields, bumping the version; returns the new row. The
 /// `going <= capacity` guard repeats the domain check at the row (0 rows: refused).
 pub async fn update_fields(
@@ -209,33 +345,6 @@ pub async fn set_cancelled(
     row.as_ref().map(event_from_row).transpose()
 }
 
-/// The seat-safe count update: moves the counts by `d` and bumps the version, but only
-/// while a seat is free when the change takes one. `None`: the event is full (or gone,
-/// or cancelled under us). This conditional UPDATE is what makes capacity atomic: the
-/// condition is evaluated against the row as locked by this transaction.
-pub async fn apply_rsvp_counts(
-    conn: &mut AnyConnection,
-    id: Uuid,
-    d: CountDelta,
-    now: Timestamp,
-) -> Result<Option<EventRecord>, StoreError> {
-    let sql = format!(
-        "UPDATE events SET going = going + $2, maybe = maybe + $3, declined = declined + $4, \
-         version = version + 1, updated_at = $5 \
-         WHERE id = $1 AND status = 'scheduled' AND ($2 <= 0 OR going + $2 <= capacity) \
-         RETURNING {RETURNING_COLUMNS}"
-    );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.to_string())
-        .bind(d.going)
-        .bind(d.maybe)
-        .bind(d.declined)
-        .bind(to_micros(now))
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(event_from_row).transpose()
-}
-
 /// The user's current answer to the event.
 pub async fn rsvp_of(
     conn: &mut AnyConnection,
@@ -251,28 +360,6 @@ pub async fn rsvp_of(
     rsvp_status(status)
 }
 
-/// Inserts or replaces the user's answer (one row per event and user).
-pub async fn upsert_rsvp(
-    conn: &mut AnyConnection,
-    event_id: Uuid,
-    user_id: Uuid,
-    status: RsvpStatus,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO rsvps (event_id, user_id, status, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (event_id, user_id) DO UPDATE SET status = excluded.status, \
-         updated_at = excluded.updated_at",
-    )
-    .bind(event_id.to_string())
-    .bind(user_id.to_string())
-    .bind(status.as_str())
-    .bind(to_micros(now))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// One RSVP row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RsvpRecord {
@@ -280,22 +367,6 @@ pub struct RsvpRecord {
     pub user_id: Uuid,
     pub status: RsvpStatus,
     pub updated_at: Timestamp,
-}
-
-pub async fn get_rsvp(
-    conn: &mut AnyConnection,
-    event_id: Uuid,
-    user_id: Uuid,
-) -> Result<Option<RsvpRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT event_id, user_id, status, updated_at FROM rsvps \
-         WHERE event_id = $1 AND user_id = $2",
-    )
-    .bind(event_id.to_string())
-    .bind(user_id.to_string())
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(rsvp_from_row).transpose()
 }
 
 fn rsvp_from_row(row: &AnyRow) -> Result<RsvpRecord, StoreError> {

@@ -317,7 +317,7 @@ pub async fn record_sent(
     .bind(recipient)
     .bind(kind)
     .bind(to_micros(jiff::Timestamp::now()))
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(())
 }

@@ -41,9 +41,18 @@ pub struct Migrations {
 }
 
 /// A connection pool and the backend it talks to.
+///
+/// SQLite has one write lock per database. Writers that race for it on separate
+/// connections do not queue: SQLite's busy handler makes the losers sleep (1, 2, 5, 10 …
+/// ms) and retry, which under load costs most of the throughput and all of the tail
+/// latency. So on SQLite every write goes through [`Database::writer`], a pool of ONE
+/// connection whose async acquire queue is fair and wastes no time; reads use the
+/// shared `pool` beside it (WAL: readers never wait for the writer). On PostgreSQL both
+/// are the same pool.
 #[derive(Clone, Debug)]
 pub struct Database {
     pub pool: AnyPool,
+    writer: AnyPool,
     pub backend: Backend,
 }
 
@@ -58,50 +67,58 @@ impl Database {
         } else {
             return Err(DbError::Scheme(url.to_owned()));
         };
-        let pool = match backend {
+        let (pool, writer) = match backend {
             Backend::Sqlite => {
                 let url = sqlite_url(url)?;
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            use sqlx::Executor;
-                            // WAL lets readers run beside the one writer; the busy
-                            // timeout makes writers queue instead of failing.
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA busy_timeout = 30000").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            Ok(())
-                        })
-                    })
+                // The writer first: it creates the file and switches it to WAL before
+                // the readers open it.
+                let writer = sqlite_pool(1)
                     .connect(&url)
                     .await
+                    .map_err(DbError::Connect)?;
+                migrations.sqlite.run(&writer).await?;
+                if url.contains(":memory:") {
+                    // Every connection to :memory: is a database of its own.
+                    (writer.clone(), writer)
+                } else {
+                    let pool = sqlite_pool(8)
+                        .connect(&url)
+                        .await
+                        .map_err(DbError::Connect)?;
+                    (pool, writer)
+                }
             }
             Backend::Postgres => {
-                AnyPoolOptions::new()
+                let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await
+                    .map_err(DbError::Connect)?;
+                migrations.postgres.run(&pool).await?;
+                (pool.clone(), pool)
             }
-        }
-        .map_err(DbError::Connect)?;
-        match backend {
-            Backend::Sqlite => migrations.sqlite.run(&pool).await?,
-            Backend::Postgres => migrations.postgres.run(&pool).await?,
-        }
-        Ok(Database { pool, backend })
+        };
+        Ok(Database {
+            pool,
+            writer,
+            backend,
+        })
     }
 
-    /// Begins a write transaction. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes fails with
-    /// `SQLITE_BUSY` when another writer got in between, without waiting.
+    /// The pool to write through: on SQLite the single writer connection (see the type's
+    /// docs), on PostgreSQL the shared pool. Plain statements that write use it too.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    /// Begins a write transaction. On SQLite it runs on the single writer connection
+    /// and still takes the write lock up front (`BEGIN IMMEDIATE`), since another
+    /// process (a second replica, a CLI) may share the file.
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
         }
     }
 
@@ -112,6 +129,24 @@ impl Database {
             .await
             .map(|_| ())
     }
+}
+
+/// Pool options for one SQLite file: WAL lets readers run beside the one writer;
+/// the busy timeout makes a writer of another process queue instead of failing.
+fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA busy_timeout = 30000").await?;
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        })
 }
 
 /// Makes sure the SQLite file's folder exists and the file is created on first use.

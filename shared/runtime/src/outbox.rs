@@ -49,8 +49,7 @@ pub async fn enqueue<E: DomainEvent>(
     tx: &mut Transaction<'static, Any>,
     event: &E,
 ) -> Result<(), OutboxError> {
-    let nats_msg_id = event.meta().message_id.to_string();
-    enqueue_as(tx, event, &nats_msg_id).await
+    insert(tx, &[OutboxRow::new(event)?]).await
 }
 
 /// [`enqueue`] with another `Nats-Msg-Id`: for a second copy of the same logical event
@@ -63,31 +62,96 @@ pub async fn enqueue_as<E: DomainEvent>(
     event: &E,
     nats_msg_id: &str,
 ) -> Result<(), OutboxError> {
-    let payload = contracts::wire::encode(event)?;
-    let mut headers: Vec<(String, String)> = contracts::events::event_headers(event)
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if k == contracts::subjects::headers::NATS_MSG_ID {
-                nats_msg_id.to_owned()
-            } else {
-                v
-            };
-            (k.to_owned(), v)
+    let row = OutboxRow::with_msg_id(event, nats_msg_id, crate::trace::current_context_pairs())?;
+    insert(tx, &[row]).await
+}
+
+/// One encoded outbox row, ready to insert. Built apart from the insert so a writer
+/// that commits many changes at once ([`insert`] takes a slice) can build each row with
+/// the trace context of the request it belongs to.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    nats_msg_id: String,
+    subject: &'static str,
+    headers: String,
+    payload: Vec<u8>,
+}
+
+impl OutboxRow {
+    /// The event's row under its own message id, with the current trace context.
+    pub fn new<E: DomainEvent>(event: &E) -> Result<Self, OutboxError> {
+        let id = event.meta().message_id.to_string();
+        Self::with_msg_id(event, &id, crate::trace::current_context_pairs())
+    }
+
+    /// The event's row under `nats_msg_id`, carrying `trace` (W3C `traceparent` /
+    /// `tracestate` pairs, as [`crate::trace::current_context_pairs`] gives them).
+    pub fn with_msg_id<E: DomainEvent>(
+        event: &E,
+        nats_msg_id: &str,
+        trace: Vec<(String, String)>,
+    ) -> Result<Self, OutboxError> {
+        let payload = contracts::wire::encode(event)?;
+        let mut headers: Vec<(String, String)> = contracts::events::event_headers(event)
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if k == contracts::subjects::headers::NATS_MSG_ID {
+                    nats_msg_id.to_owned()
+                } else {
+                    v
+                };
+                (k.to_owned(), v)
+            })
+            .collect();
+        headers.extend(trace);
+        let headers = serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into());
+        Ok(OutboxRow {
+            nats_msg_id: nats_msg_id.to_owned(),
+            subject: E::SUBJECT,
+            headers,
+            payload,
         })
-        .collect();
-    headers.extend(crate::trace::current_context_pairs());
-    let headers = serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into());
-    sqlx::query(
-        "INSERT INTO outbox (message_id, subject, headers, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(nats_msg_id)
-    .bind(E::SUBJECT)
-    .bind(headers)
-    .bind(payload)
-    .bind(to_micros(jiff::Timestamp::now()))
-    .execute(&mut **tx)
-    .await?;
+    }
+}
+
+/// Inserts `rows` inside the caller's transaction, many per statement (one round trip
+/// to the database per chunk, not per row).
+pub async fn insert(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[OutboxRow],
+) -> Result<(), OutboxError> {
+    // 5 binds a row; well under SQLite's and PostgreSQL's bind limits.
+    const ROWS_PER_STATEMENT: usize = 200;
+    let created_at = to_micros(jiff::Timestamp::now());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 5;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO outbox (message_id, subject, headers, payload, created_at) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.nats_msg_id.clone())
+                .bind(row.subject)
+                .bind(row.headers.clone())
+                .bind(row.payload.clone())
+                .bind(created_at);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -245,7 +309,7 @@ impl Relay {
             for seq in chunk {
                 q = q.bind(*seq);
             }
-            q.execute(&self.db.pool).await?;
+            q.execute(self.db.writer()).await?;
         }
         Ok(())
     }
@@ -257,7 +321,7 @@ impl Relay {
         if let Err(e) =
             sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
                 .bind(cutoff)
-                .execute(&self.db.pool)
+                .execute(self.db.writer())
                 .await
         {
             tracing::warn!(error = %e, "cannot delete old outbox rows");
