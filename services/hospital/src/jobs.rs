@@ -268,7 +268,13 @@ async fn purge_chunk(work: &mut Work, chunk: &[Uuid]) -> Result<(), JobError> {
     let results: Vec<(Uuid, Result<(), bus::BusError>)> =
         futures::stream::iter(candidates.clone().into_iter().map(move |(id, seq)| {
             let dlq = dlq.clone();
-            async move { (id, bus::delete_parked_copy(&dlq, seq).await) }
+            async move {
+                // Sequence 0: indexed without a copy in the ward (see `advisories`).
+                if seq == 0 {
+                    return (id, Ok(()));
+                }
+                (id, bus::delete_parked_copy(&dlq, seq).await)
+            }
         }))
         .buffer_unordered(32)
         .collect()
