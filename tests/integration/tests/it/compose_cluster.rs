@@ -17,8 +17,7 @@ use contracts::permissions;
 use contracts::subjects::{AUTH_STREAM, CALENDAR_STREAM, DLQ_STREAM};
 use integration::smtp::SmtpServer;
 use integration::{
-    Api, Backend, Fleet, NatsCluster, StatusCode, compose_nats_password, poll_until,
-    service_binary,
+    Api, Backend, Fleet, NatsCluster, StatusCode, compose_nats_password, poll_until, service_binary,
 };
 use serde_json::json;
 
@@ -31,7 +30,10 @@ fn provision(cluster: &NatsCluster) -> Result<()> {
     let out = Command::new(service_binary("mesh-provision")?)
         .env("NATS_URL", cluster.url_list())
         .env("NATS_USER", permissions::PROVISION)
-        .env("NATS_PASSWORD", compose_nats_password(permissions::PROVISION))
+        .env(
+            "NATS_PASSWORD",
+            compose_nats_password(permissions::PROVISION),
+        )
         .env("NATS_STREAM_REPLICAS", "3")
         .env("PROVISION_TIMEOUT_SECS", "60")
         .env("HOSPITAL_DLQ_MAX_BYTES", WARD_BYTES.to_string())
@@ -61,7 +63,13 @@ async fn the_mesh_runs_on_the_compose_nats_cluster_with_its_own_credentials() ->
             info.config.num_replicas
         );
     }
-    let ward = js.get_stream(DLQ_STREAM.name).await?.info().await?.config.clone();
+    let ward = js
+        .get_stream(DLQ_STREAM.name)
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
     ensure!(
         ward.max_bytes == WARD_BYTES && ward.max_age == Duration::from_secs(WARD_AGE_SECS),
         "the ward has the hospital's limits: {} bytes, {:?}",
@@ -90,9 +98,11 @@ async fn the_mesh_runs_on_the_compose_nats_cluster_with_its_own_credentials() ->
         permissions::HOSPITAL,
         permissions::GATEWAY,
     ] {
-        builder = builder
-            .with_env(user, "NATS_USER", user)
-            .with_env(user, "NATS_PASSWORD", &compose_nats_password(user));
+        builder = builder.with_env(user, "NATS_USER", user).with_env(
+            user,
+            "NATS_PASSWORD",
+            &compose_nats_password(user),
+        );
     }
     let fleet = builder.start().await?;
     let api = Api::new(fleet.gateway_urls()[0].clone());
@@ -130,7 +140,9 @@ async fn the_mesh_runs_on_the_compose_nats_cluster_with_its_own_credentials() ->
         .await?;
     ensure!(status == StatusCode::OK, "rsvp: {status} {rsvp}");
     let mail = smtp
-        .wait_for(&guest_email, WAIT, |m| m.attachment("text/calendar").is_some())
+        .wait_for(&guest_email, WAIT, |m| {
+            m.attachment("text/calendar").is_some()
+        })
         .await?;
     println!(
         "email: RSVP confirmation to {guest_email}: {:?}",

@@ -2,7 +2,10 @@
 //! `calendar.rsvp_changed` beside v1 runs next to the old one (same database, one queue
 //! group), and the consumers that read v1 keep working and act once per change.
 //! Discovery (`GET /v1/admin/services`) shows both calendar instances with the contract
-//! versions each produces.
+//! versions each produces. Then the old calendar is retired and a consumer moves from
+//! v1 to v2: one durable's filter switches mid-stream, its new version runs beside it
+//! on v2 from the start of the stream, and the one processed-message ledger keyed by
+//! the logical `Mesh-Message-Id` keeps every RSVP to exactly one effect.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -416,8 +419,258 @@ async fn calendar_v2_beside_v1_keeps_old_consumers_working() -> Result<()> {
             .join("; ")
     );
 
+    // A consumer moves to v2 (every producer publishes it from now on: the old
+    // calendar is retired), with one ledger for its effects.
+    let mut mesh = mesh;
+    let status = mesh.stop_service("calendar").await?;
+    ensure!(status.success(), "old calendar exited with {status}");
+    consumer_moves_to_v2(&api, &js, &pool, &event_id, rsvps).await?;
+
     pool.close().await;
     let status = newer.terminate().await?;
     ensure!(status.success(), "newer calendar exited with {status}");
     mesh.shutdown().await
+}
+
+/// The logical consumer both of its durables record effects under.
+const LEDGER_CONSUMER: &str = "ledger";
+/// Its durable that starts on v1 and moves to v2 mid-stream.
+const MOVING: &str = "ledger-calendar";
+/// Its durable on v2 from the start (the new version deployed beside the old one).
+const ON_V2: &str = "ledgerv2-calendar";
+
+/// A subscriber acting once per logical RSVP, whichever version delivers it: it
+/// dedupes on `Mesh-Message-Id` in the processed-message ledger every real consumer
+/// keeps (`runtime::consumer::ledger`), in the transaction of its effect.
+struct RsvpEffects {
+    db: runtime::db::Database,
+    deduped: std::sync::atomic::AtomicUsize,
+}
+
+impl runtime::consumer::Handler for RsvpEffects {
+    async fn handle(
+        &self,
+        d: &runtime::consumer::Delivery,
+    ) -> Result<(), runtime::consumer::HandlerError> {
+        use runtime::consumer::HandlerError;
+        let (id, version) = match d.schema_version {
+            Some(1) => (d.decode::<RsvpChangedV1>()?.meta.message_id, 1),
+            Some(2) => (d.decode::<RsvpChangedV2>()?.meta.message_id, 2),
+            other => {
+                return Err(HandlerError::permanent(format!(
+                    "unknown schema version {other:?}"
+                )));
+            }
+        };
+        let id = id.to_string();
+        if d.message_id.as_deref() != Some(id.as_str()) {
+            return Err(HandlerError::permanent(
+                "Mesh-Message-Id is not the event's id",
+            ));
+        }
+        let mut tx = self
+            .db
+            .begin_write()
+            .await
+            .map_err(HandlerError::transient)?;
+        let first = runtime::consumer::ledger::mark_processed(&mut *tx, LEDGER_CONSUMER, &id)
+            .await
+            .map_err(HandlerError::transient)?;
+        if !first {
+            self.deduped
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO effects (message_id, version, subject) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(version as i64)
+            .bind(d.subject.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(HandlerError::transient)?;
+        tx.commit().await.map_err(HandlerError::transient)?;
+        Ok(())
+    }
+}
+
+/// One running durable of the ledger subscriber.
+struct LedgerDurable {
+    cancel: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LedgerDurable {
+    async fn start(
+        js: &async_nats::jetstream::Context,
+        effects: &std::sync::Arc<RsvpEffects>,
+        durable: &str,
+        subject: &str,
+    ) -> Result<Self> {
+        let config = runtime::consumer::ConsumerConfig {
+            stream: CALENDAR_STREAM.name,
+            durable: durable.to_owned(),
+            filter_subjects: vec![subject.to_owned()],
+            start: runtime::consumer::StartPosition::Beginning,
+            retry: runtime::consumer::RetryPolicy {
+                max_deliver: 20,
+                backoff: vec![Duration::from_millis(200), Duration::from_millis(500)],
+            },
+            concurrency: 4,
+            max_ack_pending: 100,
+        };
+        let consumer = runtime::consumer::ensure(js, &config).await?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let js = js.clone();
+            let effects = effects.clone();
+            let cancel = cancel.clone();
+            async move {
+                let _ = runtime::consumer::run(&js, consumer, config, effects, cancel).await;
+            }
+        });
+        Ok(LedgerDurable { cancel, task })
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn rsvp_as_new_guest(api: &Api, event_id: &str, n: usize) -> Result<()> {
+    let (_, tokens) = api.new_user(&format!("Late guest {n}")).await?;
+    let (code, _, body) = api
+        .put(
+            &format!("/v1/events/{event_id}/rsvp"),
+            Some(&tokens.access),
+            &json!({"status": "going"}),
+        )
+        .await?;
+    ensure!(code == StatusCode::OK, "rsvp: {code} {body}");
+    Ok(())
+}
+
+/// The effects recorded so far: (rows, distinct message ids, rows from v2 copies).
+async fn effects_of(db: &runtime::db::Database) -> Result<(i64, i64, i64)> {
+    let row: (i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT message_id), \
+         COALESCE(SUM(CASE WHEN version = 2 THEN 1 ELSE 0 END), 0) FROM effects",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(row)
+}
+
+/// A subscriber reads v1 of `calendar.rsvp_changed` on durable [`MOVING`]; RSVPs
+/// arrive as v1 + v2 (one logical id); its filter moves to v2 mid-stream; then its new
+/// version runs beside it on [`ON_V2`] (v2 from the start of the stream), and more RSVPs
+/// arrive. Whatever each durable is handed, every RSVP has exactly one effect.
+async fn consumer_moves_to_v2(
+    api: &Api,
+    js: &async_nats::jetstream::Context,
+    calendar_db: &sqlx::AnyPool,
+    event_id: &str,
+    earlier: usize,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let migrations_dir = dir.path().join("migrations");
+    std::fs::create_dir_all(&migrations_dir)?;
+    std::fs::write(
+        migrations_dir.join("0001_ledger.sql"),
+        "CREATE TABLE processed_messages (consumer TEXT NOT NULL, message_id TEXT NOT NULL, \
+         processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, message_id));\n\
+         CREATE TABLE effects (message_id TEXT NOT NULL, version BIGINT NOT NULL, \
+         subject TEXT NOT NULL);\n",
+    )?;
+    let migrator: &'static sqlx::migrate::Migrator = Box::leak(Box::new(
+        sqlx::migrate::Migrator::new(migrations_dir.as_path()).await?,
+    ));
+    let db = runtime::db::Database::connect(
+        &format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        &runtime::db::Migrations {
+            sqlite: migrator,
+            postgres: migrator,
+        },
+    )
+    .await?;
+    let effects = std::sync::Arc::new(RsvpEffects {
+        db: db.clone(),
+        deduped: Default::default(),
+    });
+
+    // v1, from the beginning: every RSVP so far.
+    let moving = LedgerDurable::start(js, &effects, MOVING, RsvpChangedV1::SUBJECT).await?;
+    let mut total = earlier;
+    for n in 0..3 {
+        rsvp_as_new_guest(api, event_id, n).await?;
+        total += 1;
+    }
+    settled_rsvps(js, calendar_db, total).await?;
+    integration::wait_settled(js, CALENDAR_STREAM.name, MOVING, WAIT).await?;
+    let before_switch = effects_of(&db).await?;
+    ensure!(
+        before_switch == (total as i64, total as i64, 0),
+        "one v1 effect per RSVP before the switch: {before_switch:?}"
+    );
+
+    // Mid-stream: the same durable now filters v2 (its position is kept).
+    moving.stop().await;
+    let moving = LedgerDurable::start(js, &effects, MOVING, RsvpChangedV2::SUBJECT).await?;
+    let info = integration::consumer_info(js, CALENDAR_STREAM.name, MOVING).await?;
+    ensure!(
+        info.config
+            .filter_subjects
+            .iter()
+            .any(|f| f == RsvpChangedV2::SUBJECT)
+            && !info
+                .config
+                .filter_subjects
+                .iter()
+                .any(|f| f == RsvpChangedV1::SUBJECT),
+        "{MOVING} moved to v2: {:?}",
+        info.config.filter_subjects
+    );
+    for n in 3..6 {
+        rsvp_as_new_guest(api, event_id, n).await?;
+        total += 1;
+    }
+    // Its new version beside it, on v2 from the start: every v2 copy again.
+    let on_v2 = LedgerDurable::start(js, &effects, ON_V2, RsvpChangedV2::SUBJECT).await?;
+    for n in 6..9 {
+        rsvp_as_new_guest(api, event_id, n).await?;
+        total += 1;
+    }
+    let copies = settled_rsvps(js, calendar_db, total).await?;
+    let v2_copies = copies.values().filter(|(_, v2)| !v2.is_empty()).count();
+    for durable in [MOVING, ON_V2] {
+        integration::wait_settled(js, CALENDAR_STREAM.name, durable, WAIT).await?;
+    }
+    let (rows, distinct, from_v2) = effects_of(&db).await?;
+    let deduped = effects.deduped.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "a consumer moving to v2: {total} RSVPs ({v2_copies} with a v2 copy), {rows} effects \
+         ({from_v2} from v2 copies), {deduped} deliveries deduped by the ledger"
+    );
+    ensure!(
+        rows == total as i64 && distinct == rows,
+        "exactly one effect per RSVP: {rows} effects, {distinct} distinct, {total} RSVPs"
+    );
+    let ids: HashSet<String> = sqlx::query_scalar("SELECT message_id FROM effects")
+        .fetch_all(&db.pool)
+        .await?
+        .into_iter()
+        .collect();
+    let logical: HashSet<String> = copies.keys().cloned().collect();
+    ensure!(ids == logical, "the effects are the stream's RSVPs");
+    // Both durables were handed every v2 copy after the switch: one of each pair
+    // acted, the other deduped; ON_V2 also re-read every earlier v2 copy.
+    ensure!(
+        deduped >= v2_copies,
+        "{deduped} deduped deliveries for {v2_copies} v2 copies"
+    );
+    ensure!(from_v2 > 0, "RSVPs after the switch were acted on from v2");
+    moving.stop().await;
+    on_v2.stop().await;
+    db.pool.close().await;
+    Ok(())
 }
