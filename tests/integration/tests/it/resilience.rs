@@ -1,7 +1,8 @@
 //! Rolling restarts and node loss, with nothing lost: a 3-node JetStream cluster with
 //! replicated (R3) streams, the services under a steady RSVP load, then (1) every
-//! service process restarted one at a time, (2) one NATS node killed with SIGKILL and
-//! started again. The load client retries connection errors and 5xx with the same
+//! service process (two gateways and two replicas of each service) restarted one at a
+//! time, one calendar coming back as a newer version that publishes v2 of the RSVP
+//! event beside v1, (2) one NATS node killed with SIGKILL and started again. The load client retries connection errors and 5xx with the same
 //! `Idempotency-Key` on the other gateway until the RSVP is accepted, and afterwards
 //! every accepted RSVP is checked end to end: its domain event is in the CALENDAR stream
 //! exactly once, its mails reached the SMTP server (duplicates counted by Message-ID),
