@@ -439,11 +439,18 @@ impl Hospital {
                 Err(e) => {
                     tracing::error!(dead_letter = %id, error = %e, "cannot rebuild an interrupted edit-replay; parked again");
                     store::unclaim_edit(self.db(), id, audit_id).await?;
+                    let mut failed = audit.detail.clone();
+                    if let Some(d) = failed.as_object_mut() {
+                        d.insert("failed".into(), json!(e.to_string()));
+                    }
+                    store::update_audit(self.db(), audit_id, 0, &failed).await?;
                     recovered += 1;
                     continue;
                 }
             };
-            // The same copy with the same `Nats-Msg-Id`: a duplicate if it was sent.
+            // The same copy with the same `Nats-Msg-Id`: a duplicate if it was sent
+            // (within the stream's duplicate window; after that the consumer's own
+            // dedupe on the edited copy's `Mesh-Message-Id` drops it).
             bus::publish(self.js(), outgoing).await?;
             if store::finish_edit(self.db(), id, audit_id).await? {
                 tracing::warn!(dead_letter = %id, "an interrupted edit-replay finished");
