@@ -1,6 +1,7 @@
-//! Contract evolution end to end: a newer calendar that publishes v2 of
-//! `calendar.rsvp_changed` beside v1 runs next to the old one (same database, one queue
-//! group), and the consumers that read v1 keep working and act once per change.
+//! Contract evolution end to end, on a 3-node cluster with R3 streams: a newer calendar
+//! that publishes v2 of `calendar.rsvp_changed` beside v1 runs next to the old one (same
+//! database, one queue group), and the consumers that read v1 keep working and act once
+//! per change.
 //! Discovery (`GET /v1/admin/services`) shows both calendar instances with the contract
 //! versions each produces. Then the old calendar is retired and a consumer moves from
 //! v1 to v2: one durable's filter switches mid-stream, its new version runs beside it
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use contracts::events::{DomainEvent, RsvpChangedV1, RsvpChangedV2, copy_msg_id};
 use contracts::subjects::{self, CALENDAR_STREAM, durables, headers};
 use integration::smtp::SmtpServer;
-use integration::{Api, Backend, Mesh, ServiceProcess, StatusCode, Tokens, poll_until};
+use integration::{Api, Backend, Fleet, NatsCluster, StatusCode, Tokens, poll_until};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -130,12 +131,18 @@ fn email_of(user: &Value) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calendar_v2_beside_v1_keeps_old_consumers_working() -> Result<()> {
-    // The topology does not depend on the database; SQLite keeps this test quick.
+    // The topology does not depend on the database; SQLite keeps this test quick. The
+    // bus is a 3-node cluster with replicated (R3) streams, as in a deployment.
+    let cluster = NatsCluster::start(3).await?;
     let smtp = SmtpServer::start().await?;
-    let mesh = Mesh::builder(Backend::Sqlite)
-        .with_service("email")
-        .with_service("push")
-        .with_service("hospital")
+    let mut fleet = Fleet::builder(Backend::Sqlite, cluster.url_list())
+        .service("auth", 1)
+        .service("calendar", 2)
+        .service("email", 1)
+        .service("push", 1)
+        .service("hospital", 1)
+        .service("gateway", 1)
+        .with_env_all("NATS_STREAM_REPLICAS", "3")
         .with_env("auth", "AUTH_ADMIN_EMAILS", ADMIN_EMAIL)
         .with_env("email", "SMTP_URL", &smtp.url())
         .with_env("email", "SMTP_TIMEOUT_MS", "3000")
@@ -143,22 +150,24 @@ async fn calendar_v2_beside_v1_keeps_old_consumers_working() -> Result<()> {
         .with_env("push", "PUSH_BACKOFF_MS", "300,600,1200")
         .start()
         .await?;
-    let api = mesh.api();
+    let info = cluster
+        .wait_stream_current(CALENDAR_STREAM.name, WAIT)
+        .await?;
+    ensure!(info.config.num_replicas == 3, "CALENDAR is R3");
+    let api = Api::new(fleet.gateway_urls()[0].clone());
 
-    // The newer calendar: same database and NATS, its own port, v2 on.
-    let mut newer = {
-        let mut env: HashMap<String, String> = mesh.calendar().env().clone();
-        env.remove("HTTP_ADDR");
-        env.insert("CALENDAR_PUBLISH_RSVP_V2".into(), "on".into());
-        ServiceProcess::spawn("calendar", env)?
-    };
-    newer.wait_ready(WAIT).await?;
-    let js = async_nats::jetstream::new(mesh.nats_client().await?);
+    // The newer calendar: the second replica comes back as a newer version (same
+    // database, NATS and queue group), v2 on.
+    fleet
+        .process_mut(NEWER_CALENDAR)?
+        .set_env("CALENDAR_PUBLISH_RSVP_V2", "on");
+    fleet.restart(NEWER_CALENDAR).await?;
+    let js = cluster.jetstream().await?;
     // Both calendars share this database: its outbox says when everything committed
     // (v1 and v2 rows, one transaction per RSVP) is in the stream.
     sqlx::any::install_default_drivers();
     let pool =
-        sqlx::AnyPool::connect(mesh.database_url("calendar").context("calendar db")?).await?;
+        sqlx::AnyPool::connect(fleet.database_url("calendar").context("calendar db")?).await?;
 
     api.register(ADMIN_EMAIL, ADMIN_PASSWORD, "Ops").await?;
     let admin = api.login(ADMIN_EMAIL, ADMIN_PASSWORD).await?;
@@ -421,16 +430,17 @@ async fn calendar_v2_beside_v1_keeps_old_consumers_working() -> Result<()> {
 
     // A consumer moves to v2 (every producer publishes it from now on: the old
     // calendar is retired), with one ledger for its effects.
-    let mut mesh = mesh;
-    let status = mesh.stop_service("calendar").await?;
+    let status = fleet.process_mut(OLD_CALENDAR)?.terminate().await?;
     ensure!(status.success(), "old calendar exited with {status}");
     consumer_moves_to_v2(&api, &js, &pool, &event_id, rsvps).await?;
 
     pool.close().await;
-    let status = newer.terminate().await?;
-    ensure!(status.success(), "newer calendar exited with {status}");
-    mesh.shutdown().await
+    fleet.shutdown().await
 }
+
+/// The calendar replica that stays the old version, and the one that becomes newer.
+const OLD_CALENDAR: &str = "calendar#1";
+const NEWER_CALENDAR: &str = "calendar#2";
 
 /// The logical consumer both of its durables record effects under.
 const LEDGER_CONSUMER: &str = "ledger";
