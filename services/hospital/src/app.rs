@@ -33,6 +33,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 /// belongs to a process that is gone.
 pub const STALE_JOB_AFTER: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// An edit-replay claimed this long ago and not finished belongs to a request that
+/// stopped (a live one is done within its publish timeout).
+pub const STALE_EDIT_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -154,6 +157,12 @@ impl Application {
             cancel.clone(),
         ));
         let sweeper = tokio::spawn(sweep(hospital.clone(), cancel.clone()));
+        let advisories = tokio::spawn(crate::advisories::watch(
+            client.clone(),
+            js.clone(),
+            db.clone(),
+            cancel.clone(),
+        ));
 
         let readiness = runtime::health::Readiness::new("hospital", env!("CARGO_PKG_VERSION"))
             .nats(client.clone())
@@ -176,6 +185,7 @@ impl Application {
         }
         let _ = index.await;
         let _ = sweeper.await;
+        let _ = advisories.await;
         let http = http.await;
         if tokio::time::timeout(Duration::from_secs(2), client.drain())
             .await
@@ -307,8 +317,8 @@ async fn provision(js: &jetstream::Context, config: &Config) -> Result<(), Provi
     Ok(())
 }
 
-/// Marks jobs of dead processes failed (and frees their claims) every few seconds, and
-/// refreshes the hospital's gauges.
+/// Marks jobs of dead processes failed (and frees their claims) and finishes
+/// interrupted edit-replays every second, and refreshes the hospital's gauges.
 async fn sweep(hospital: Hospital, cancel: CancellationToken) {
     let mut rounds = 0u64;
     while pause(SWEEP_EVERY, &cancel).await {
@@ -316,6 +326,9 @@ async fn sweep(hospital: Hospital, cancel: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::warn!(jobs = n, "jobs of a stopped process marked failed"),
             Err(e) => tracing::warn!(error = %e, "cannot sweep stale jobs"),
+        }
+        if let Err(e) = hospital.recover_stale_edits(STALE_EDIT_AFTER).await {
+            tracing::warn!(error = %e, "cannot finish interrupted edit-replays yet");
         }
         if rounds.is_multiple_of(METRICS_EVERY_ROUNDS) {
             publish_gauges(&hospital).await;

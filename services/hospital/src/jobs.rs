@@ -72,9 +72,7 @@ pub async fn run(mut work: Work) {
         }
     }
     let db = work.hospital.db();
-    if let Err(e) = store::save_job(db, job).await {
-        tracing::error!(job = %job.id, error = %e, "cannot record the end of a job");
-    }
+    // The audit's outcome first: whoever sees the job ended then also finds it there.
     let detail = json!({
         "job": job.id,
         "selection": work.selection,
@@ -86,6 +84,9 @@ pub async fn run(mut work: Work) {
     });
     if let Err(e) = store::update_audit(db, work.audit_id, job.done, &detail).await {
         tracing::warn!(job = %job.id, error = %e, "cannot record a job's outcome in the audit");
+    }
+    if let Err(e) = store::save_job(db, job).await {
+        tracing::error!(job = %job.id, error = %e, "cannot record the end of a job");
     }
     if let Err(e) = store::release_orphan_claims(db).await {
         tracing::warn!(job = %job.id, error = %e, "cannot release claims");
@@ -268,7 +269,13 @@ async fn purge_chunk(work: &mut Work, chunk: &[Uuid]) -> Result<(), JobError> {
     let results: Vec<(Uuid, Result<(), bus::BusError>)> =
         futures::stream::iter(candidates.clone().into_iter().map(move |(id, seq)| {
             let dlq = dlq.clone();
-            async move { (id, bus::delete_parked_copy(&dlq, seq).await) }
+            async move {
+                // Sequence 0: indexed without a copy in the ward (see `advisories`).
+                if seq == 0 {
+                    return (id, Ok(()));
+                }
+                (id, bus::delete_parked_copy(&dlq, seq).await)
+            }
         }))
         .buffer_unordered(32)
         .collect()

@@ -30,11 +30,13 @@
 //! - [`bus`]: replays, consumer state, pause/resume, stream scans.
 //! - [`service`] and [`jobs`]: the admin use cases and the bulk jobs behind them.
 //! - [`handlers`]: the endpoints (admins only).
+//! - [`advisories`]: messages the server gave up on (max deliveries), rescued.
 //! - [`app`]: startup, provisioning, the index consumer, the job sweeper, shutdown.
 //!
 //! Architecture invariant: the hospital never publishes to a subject another durable
 //! reads; a replay reaches the one consumer that failed it.
 
+pub mod advisories;
 pub mod app;
 pub mod bus;
 pub mod config;

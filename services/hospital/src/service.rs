@@ -8,10 +8,10 @@ use async_nats::jetstream;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use contracts::hospital::{
-    AuditPage, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, DeadLetterPage, DeadLetterStatus, EditReplayResult, FailureGroupList, Header,
-    HospitalStats, Job, JobKind, JobList, JobStatus, MessageWhereabouts, Outcome, Selection,
-    ServiceInstance, ServiceList, WhereaboutsList,
+    AuditEntry, AuditPage, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter,
+    DeadLetterDetail, DeadLetterFilter, DeadLetterPage, DeadLetterStatus, EditReplayResult,
+    FailureGroupList, Header, HospitalStats, Job, JobKind, JobList, JobStatus, MessageWhereabouts,
+    Outcome, Selection, ServiceInstance, ServiceList, WhereaboutsList,
 };
 use contracts::subjects;
 use jiff::Timestamp;
@@ -66,6 +66,9 @@ struct Inner {
 /// How long `services` collects discovery replies (nobody knows how many instances
 /// there are; every instance on a healthy bus answers within milliseconds).
 const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
+
+/// The audit action of an edit-replay.
+const EDIT_REPLAY: &str = "edit_replay";
 
 /// Who acts: the caller's user id (admins only, checked by the endpoints).
 pub type Actor = Uuid;
@@ -364,40 +367,120 @@ impl Hospital {
             .map_err(|e| RequestError::Invalid(e.to_string()))?;
 
         // Claim before publishing: a group replay running at the same time then finds
-        // the row taken and can never also send the unedited copy.
+        // the row taken and can never also send the unedited copy. The audit entry (with
+        // the edited body) is written before the publish and the row marked replayed
+        // after the ack, so a process stopping anywhere in between leaves an `editing`
+        // row that the sweeper finishes: it re-sends the same copy (the same
+        // `Nats-Msg-Id`, dropped by the stream if the first one was stored) or, when no
+        // audit entry was written yet (so nothing was sent), gives the row back.
         let audit_id = Uuid::now_v7();
         if !store::claim_for_edit(self.db(), id, audit_id).await? {
             return Err(RequestError::Invalid("not parked".into()).into());
         }
-        if let Err(e) = bus::publish(self.js(), outgoing).await {
-            store::unclaim_edit(self.db(), id, audit_id).await?;
-            return Err(e.into());
-        }
-        store::insert_audit(
+        let detail = json!({
+            "park_id": row.park_id,
+            "original_message_id": row.diagnosis.message_id,
+            "message_id": new_id_text,
+            "original": original,
+            "edited": body,
+            "diff": diff,
+        });
+        let audited = store::insert_audit(
             self.db(),
             &NewAudit {
                 id: audit_id,
                 actor,
-                action: "edit_replay".into(),
+                action: EDIT_REPLAY.into(),
                 target: id.to_string(),
                 target_id: Some(id),
                 count: 1,
                 reason,
-                detail: json!({
-                    "park_id": row.park_id,
-                    "original_message_id": row.diagnosis.message_id,
-                    "message_id": new_id_text,
-                    "original": original,
-                    "edited": body,
-                    "diff": diff,
-                }),
+                detail: detail.clone(),
             },
         )
-        .await?;
+        .await;
+        if let Err(e) = audited {
+            store::unclaim_edit(self.db(), id, audit_id).await?;
+            return Err(e.into());
+        }
+        if let Err(e) = bus::publish(self.js(), outgoing).await {
+            store::unclaim_edit(self.db(), id, audit_id).await?;
+            let mut failed = detail;
+            if let Some(d) = failed.as_object_mut() {
+                d.insert("failed".into(), json!(e.to_string()));
+            }
+            store::update_audit(self.db(), audit_id, 0, &failed).await?;
+            return Err(e.into());
+        }
+        store::finish_edit(self.db(), id, audit_id).await?;
         Ok(EditReplayResult {
             message_id: new_id_text,
             diff,
         })
+    }
+
+    /// Finishes edit-replays whose process stopped between claiming the row and
+    /// marking it replayed (claimed before `stale_after` ago). Returns how many.
+    pub async fn recover_stale_edits(&self, stale_after: Duration) -> Result<u64> {
+        let before = Timestamp::now()
+            - jiff::SignedDuration::try_from(stale_after).unwrap_or(jiff::SignedDuration::ZERO);
+        let mut recovered = 0;
+        for (id, audit_id) in store::stale_edits(self.db(), before).await? {
+            let audit = store::get_audit(self.db(), audit_id).await?;
+            let Some(audit) = audit.filter(|a| a.action == EDIT_REPLAY) else {
+                // Stopped before the audit entry, so before the publish: nothing sent.
+                store::unclaim_edit(self.db(), id, audit_id).await?;
+                tracing::warn!(dead_letter = %id, "an interrupted edit-replay sent nothing; parked again");
+                recovered += 1;
+                continue;
+            };
+            let outgoing = match self.edited_copy_of(id, &audit).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(dead_letter = %id, error = %e, "cannot rebuild an interrupted edit-replay; parked again");
+                    store::unclaim_edit(self.db(), id, audit_id).await?;
+                    let mut failed = audit.detail.clone();
+                    if let Some(d) = failed.as_object_mut() {
+                        d.insert("failed".into(), json!(e.to_string()));
+                    }
+                    store::update_audit(self.db(), audit_id, 0, &failed).await?;
+                    recovered += 1;
+                    continue;
+                }
+            };
+            // The same copy with the same `Nats-Msg-Id`: a duplicate if it was sent
+            // (within the stream's duplicate window; after that the consumer's own
+            // dedupe on the edited copy's `Mesh-Message-Id` drops it).
+            bus::publish(self.js(), outgoing).await?;
+            if store::finish_edit(self.db(), id, audit_id).await? {
+                tracing::warn!(dead_letter = %id, "an interrupted edit-replay finished");
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// The edited copy an audit entry describes, built again (byte for byte: the body
+    /// is encoded through its contract type).
+    async fn edited_copy_of(&self, id: Uuid, audit: &AuditEntry) -> Result<bus::Outgoing> {
+        let full = store::get(self.db(), id)
+            .await?
+            .ok_or(RequestError::NotFound)?;
+        let (Some(message_type), Some(version)) = (
+            full.row.diagnosis.message_type.clone(),
+            full.row.diagnosis.schema_version,
+        ) else {
+            return Err(RequestError::Invalid("no message type and schema version".into()).into());
+        };
+        let new_id = audit.detail["message_id"]
+            .as_str()
+            .ok_or_else(|| RequestError::Invalid("the audit entry names no message id".into()))?
+            .to_owned();
+        let (bytes, _) =
+            contracts::events::encode_json(&message_type, version, audit.detail["edited"].clone())
+                .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        Ok(bus::edited_replay_of(&full, &new_id, bytes)
+            .map_err(|e| RequestError::Invalid(e.to_string()))?)
     }
 
     // ---- consumers ----

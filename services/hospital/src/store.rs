@@ -4,7 +4,10 @@
 //! so two actions racing for one dead letter can never both act on it: the second
 //! finds the row already changed and skips it. A replay job claims its rows
 //! (`replaying`, with its job id) before publishing them; an edit-replay claims its row
-//! as `replayed` before publishing the edited copy.
+//! (`editing`, with its audit entry's id), writes the audit entry with the edited body,
+//! publishes, and only then marks the row `replayed`. `replaying` and `editing` rows
+//! show as parked to everyone else; the sweeper gives back claims of jobs that stopped
+//! and finishes edits whose request stopped half way (see [`stale_edits`]).
 
 use contracts::hospital::{
     AuditEntry, DeadLetter, DeadLetterFilter, DeadLetterStatus, Diagnosis, ErrorKind, FailureGroup,
@@ -146,11 +149,15 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
+/// Stored statuses that are parked to the outside: claimed by a running replay job, or
+/// by an edit-replay under way.
+const PARKED_STATUSES: &str = "status IN ('parked', 'replaying', 'editing')";
+
 /// The SQL condition of one status. `parked` includes rows a running replay job has
 /// claimed but not yet sent (they are still parked for everyone else).
 fn status_clause(sql: &mut Sql, status: DeadLetterStatus) {
     match status {
-        DeadLetterStatus::Parked => sql.push("status IN ('parked', 'replaying')"),
+        DeadLetterStatus::Parked => sql.push(PARKED_STATUSES),
         other => sql.push("status = ").text(other.as_str()),
     };
 }
@@ -463,7 +470,7 @@ pub async fn groups(db: &Database, q: &GroupQuery) -> Result<Vec<FailureGroup>> 
          AND d.fingerprint = g.fingerprint ORDER BY d.parked_at DESC, d.id DESC LIMIT 1) \
          AS sample_error FROM (SELECT durable, fingerprint, MIN(error_kind) AS error_kind, \
          COUNT(*) AS total, \
-         SUM(CASE WHEN status IN ('parked', 'replaying') THEN 1 ELSE 0 END) AS parked, \
+         SUM(CASE WHEN status IN ('parked', 'replaying', 'editing') THEN 1 ELSE 0 END) AS parked, \
          MIN(parked_at) AS first_seen, MAX(parked_at) AS last_seen",
     );
     if let Some(s) = q.status {
@@ -509,7 +516,7 @@ pub async fn groups(db: &Database, q: &GroupQuery) -> Result<Vec<FailureGroup>> 
 pub async fn parked_counts(db: &Database) -> Result<Vec<(String, u64)>> {
     let rows = sqlx::query(
         "SELECT durable, COUNT(*) AS n FROM dead_letters \
-         WHERE status IN ('parked', 'replaying') GROUP BY durable",
+         WHERE status IN ('parked', 'replaying', 'editing') GROUP BY durable",
     )
     .fetch_all(&db.pool)
     .await?;
@@ -646,11 +653,12 @@ pub async fn delete(db: &Database, ids: &[Uuid], status: DeadLetterStatus) -> Re
     Ok(sql.query().execute(&db.pool).await?.rows_affected())
 }
 
-/// Claims one parked dead letter for an edited replay; false when it is not parked.
+/// Claims one parked dead letter for an edited replay (`editing`, tagged with the audit
+/// entry the edit writes next); false when it is not parked.
 pub async fn claim_for_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE dead_letters SET status = 'replayed', replays = replays + 1, \
-         action_audit_id = $1, updated_at = $2 WHERE id = $3 AND status = 'parked'",
+        "UPDATE dead_letters SET status = 'editing', action_audit_id = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'parked'",
     )
     .bind(audit_id.to_string())
     .bind(to_micros(Timestamp::now()))
@@ -660,17 +668,55 @@ pub async fn claim_for_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
-/// Undoes [`claim_for_edit`] when the edited copy could not be published.
+/// Marks a claimed edit replayed once its edited copy was acknowledged; false when the
+/// claim is no longer there (someone else finished or released it).
+pub async fn finish_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE dead_letters SET status = 'replayed', replays = replays + 1, updated_at = $1 \
+         WHERE id = $2 AND status = 'editing' AND action_audit_id = $3",
+    )
+    .bind(to_micros(Timestamp::now()))
+    .bind(id.to_string())
+    .bind(audit_id.to_string())
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives an edit's claim back (nothing was sent).
 pub async fn unclaim_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<()> {
     sqlx::query(
-        "UPDATE dead_letters SET status = 'parked', replays = replays - 1, \
-         action_audit_id = NULL WHERE id = $1 AND status = 'replayed' AND action_audit_id = $2",
+        "UPDATE dead_letters SET status = 'parked', action_audit_id = NULL \
+         WHERE id = $1 AND status = 'editing' AND action_audit_id = $2",
     )
     .bind(id.to_string())
     .bind(audit_id.to_string())
     .execute(&db.pool)
     .await?;
     Ok(())
+}
+
+/// Edits claimed before `before` and never finished (their process stopped between the
+/// claim and the status update): (dead letter id, audit entry id).
+pub async fn stale_edits(db: &Database, before: Timestamp) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows = sqlx::query(
+        "SELECT id, action_audit_id FROM dead_letters \
+         WHERE status = 'editing' AND updated_at < $1 ORDER BY updated_at LIMIT 100",
+    )
+    .bind(to_micros(before))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let audit: Option<String> = r.try_get("action_audit_id")?;
+            let audit = audit.unwrap_or_default();
+            Ok((
+                uuid_col(r, "dead_letters", "id")?,
+                Uuid::parse_str(&audit)
+                    .map_err(|e| corrupt("dead_letters", format!("action_audit_id: {e}")))?,
+            ))
+        })
+        .collect()
 }
 
 // ---- jobs ----
@@ -889,6 +935,16 @@ fn audit_from_row(row: &AnyRow) -> Result<AuditEntry> {
         reason: row.try_get("reason")?,
         detail: serde_json::from_str(&detail).map_err(|e| corrupt(T, format!("detail: {e}")))?,
     })
+}
+
+pub async fn get_audit(db: &Database, id: Uuid) -> Result<Option<AuditEntry>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map(audit_from_row).transpose()
 }
 
 /// Newest first, keyset on (at, id).

@@ -252,9 +252,15 @@ pub fn identity(user: &str) -> Option<Identity> {
             }
             publish.extend(worker_ward(&own));
             publish.push(format!("{JS_API}.STREAM.MSG.DELETE.{}", DLQ_STREAM.name));
+            // A message the server gave up on (max deliveries) is parked by the
+            // hospital for the durable that could not: any `dlq.<durable>`.
+            publish.push(subjects::dlq_subject(">"));
+            subscribe.push(subjects::MAX_DELIVERIES_ADVISORIES.into());
             for stream in subjects::ALL_STREAMS {
                 let s = stream.name;
                 publish.push(stream_info(s));
+                // Reading that message by its sequence.
+                publish.push(format!("{JS_API}.STREAM.MSG.GET.{s}"));
                 // The ops plane: every durable's state, pause and resume.
                 publish.push(format!("{JS_API}.CONSUMER.LIST.{s}"));
                 publish.push(format!("{JS_API}.CONSUMER.INFO.{s}.*"));

@@ -57,6 +57,10 @@ pub const DLQ_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 /// Every domain stream the mesh provisions (the DLQ has its own limits).
 pub const ALL_STREAMS: &[StreamSpec] = &[AUTH_STREAM, CALENDAR_STREAM];
 
+/// The server's notices that a durable reached max deliveries for a message
+/// (`…MAX_DELIVERIES.<stream>.<durable>`, JSON with the stream sequence, no payload).
+pub const MAX_DELIVERIES_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
+
 /// The subject a durable parks a message on.
 pub fn dlq_subject(durable: &str) -> String {
     format!("dlq.{durable}")

@@ -335,22 +335,67 @@ fn breaking_changes_are_named() {
         contract_of("calendar.rsvp_changed.v2"),
         "calendar.rsvp_changed v2"
     );
-    // A v1 body read as if it were the released v2 encoding fails with the message CI
-    // shows for a breaking change.
+    // The real check on a deliberately incompatible type: as if `RsvpChangedV1` had been
+    // changed in place into v2's shape, its released golden file is read as that type.
+    let changed_in_place = RsvpChangedV2 {
+        meta: meta(5, 10, 4),
+        event: snapshot(),
+        attendee_id: id(30),
+        previous_status: None,
+        status: RsvpAnswer {
+            value: RsvpStatus::Going,
+            note: None,
+        },
+    };
     let failure = std::panic::catch_unwind(|| {
-        let bytes = std::fs::read(golden_path("calendar.rsvp_changed.v1")).expect("golden");
-        let e = wire::decode::<RsvpChangedV2>(&bytes).expect_err("v1 is not v2");
-        panic!("{} ({e})", breaking("calendar.rsvp_changed v2"));
+        check_contract(
+            "calendar.rsvp_changed.v1",
+            "calendar.rsvp_changed v1",
+            &changed_in_place,
+        )
     })
-    .expect_err("panics");
+    .expect_err("the compatibility check refuses the change");
     let text = failure
         .downcast_ref::<String>()
         .cloned()
         .unwrap_or_default();
     assert!(
         text.starts_with(
-            "breaking change to calendar.rsvp_changed v2: released encodings no longer decode; \
-             publish a new version instead"
+            "breaking change to calendar.rsvp_changed v1: released encodings no longer decode; \
+             publish a new version instead (golden file calendar.rsvp_changed.v1: "
+        ),
+        "{text}"
+    );
+
+    // A change that still decodes, but to another value, is refused too: a field
+    // renamed (and made optional so old bytes "decode") loses what v1 producers sent.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct AttendeeRenamed {
+        meta: EventMeta,
+        #[serde(default)]
+        attendee: Option<Uuid>,
+    }
+    let renamed = AttendeeRenamed {
+        meta: meta(5, 10, 4),
+        attendee: Some(id(30)),
+    };
+    let failure = std::panic::catch_unwind(|| {
+        check_contract(
+            "calendar.rsvp_changed.v1",
+            "calendar.rsvp_changed v1",
+            &renamed,
+        )
+    })
+    .expect_err("the compatibility check refuses the rename");
+    let text = failure
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        text.contains(
+            "breaking change to calendar.rsvp_changed v1: released encodings no longer decode; \
+             publish a new version instead (golden file calendar.rsvp_changed.v1 decodes to \
+             another value)"
         ),
         "{text}"
     );

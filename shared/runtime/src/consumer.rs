@@ -18,7 +18,11 @@
 //!
 //! The server's `max_deliver` is the policy's plus [`PARK_RETRY_MARGIN`]: the loop parks
 //! at the policy's count itself, and the margin keeps a refused park's message coming
-//! back (at the last backoff step) instead of being dropped by the server.
+//! back (at the last backoff step) instead of being dropped by the server. Should even
+//! the margin run out (the ward full for that long), nothing goes silently: the last
+//! delivery logs `GIVEN UP` with the stream and sequence and counts
+//! `mesh_consumer_given_up_total`, and the hospital records the server's
+//! `MAX_DELIVERIES` advisory and rescues the message from the source stream.
 //!
 //! Every durable also filters on its own replay subject (`<context>.replay.<durable>.>`,
 //! see `contracts::subjects::replay_filter`), where the hospital re-sends parked messages
@@ -347,7 +351,8 @@ pub async fn run<H: Handler>(
         })?;
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(batch));
-    let ward = Arc::new(Ward::open(js, &config).await);
+    let server_max_deliver = consumer.cached_info().config.max_deliver;
+    let ward = Arc::new(Ward::open(js, &config, server_max_deliver).await);
     let config = Arc::new(config);
     // Stream sequences this process is handling right now. When progress acks are lost
     // (a NATS node dies), the server redelivers a message while its first delivery still
@@ -503,14 +508,30 @@ async fn handle_one<H: Handler>(
                         ward.forget_failure(config, stream_sequence).await;
                     }
                     Err(park_error) => {
-                        metrics::counter!("mesh_dlq_park_refused_total", "durable" => durable).increment(1);
+                        metrics::counter!("mesh_dlq_park_refused_total", "durable" => durable.clone()).increment(1);
                         let delay = config.retry.backoff.last().copied().unwrap_or(Duration::from_secs(60));
-                        tracing::error!(
-                            error = %error,
-                            park_error = %park_error,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "PARK REFUSED: the dead-letter stream did not take the message; it stays un-terminated and comes back later"
-                        );
+                        if ward.is_last_delivery(delivered) {
+                            // Nothing more can be done here: say it loudly, with what ops
+                            // need to find the message while the stream still keeps it.
+                            // The hospital also records the server's max-deliveries
+                            // advisory for it.
+                            metrics::counter!("mesh_consumer_given_up_total", "durable" => durable, "stream" => config.stream).increment(1);
+                            tracing::error!(
+                                error = %error,
+                                park_error = %park_error,
+                                stream = config.stream,
+                                stream_sequence,
+                                server_max_deliver = ward.server_max_deliver,
+                                "GIVEN UP: the park was refused on the server's last delivery; the server delivers this message no more (it stays in its stream at this sequence until retention removes it)"
+                            );
+                        } else {
+                            tracing::error!(
+                                error = %error,
+                                park_error = %park_error,
+                                retry_in_ms = delay.as_millis() as u64,
+                                "PARK REFUSED: the dead-letter stream did not take the message; it stays un-terminated and comes back later"
+                            );
+                        }
                         let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                     }
                 }
@@ -526,6 +547,9 @@ async fn handle_one<H: Handler>(
 struct Ward {
     js: jetstream::Context,
     failures: Option<jetstream::kv::Store>,
+    /// The durable's `max_deliver` as the server has it (the policy's plus
+    /// [`PARK_RETRY_MARGIN`] when created by [`ensure`]); zero or less: unlimited.
+    server_max_deliver: i64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -537,7 +561,11 @@ struct FailureRecord {
 }
 
 impl Ward {
-    async fn open(js: &jetstream::Context, config: &ConsumerConfig) -> Self {
+    async fn open(
+        js: &jetstream::Context,
+        config: &ConsumerConfig,
+        server_max_deliver: i64,
+    ) -> Self {
         let failures = match js.get_key_value(subjects::buckets::CONSUMER_FAILURES).await {
             Ok(store) => Some(store),
             Err(e) => {
@@ -548,7 +576,13 @@ impl Ward {
         Ward {
             js: js.clone(),
             failures,
+            server_max_deliver,
         }
+    }
+
+    /// True when the server will not deliver a message again after this delivery.
+    fn is_last_delivery(&self, delivered: i64) -> bool {
+        self.server_max_deliver > 0 && delivered >= self.server_max_deliver
     }
 
     fn failure_key(config: &ConsumerConfig, sequence: u64) -> String {

@@ -1437,30 +1437,47 @@ impl Mesh {
 struct ClusterNode {
     name: String,
     port: u16,
-    config: PathBuf,
+    /// The nats-server command line (a config file and its overrides).
+    args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
 }
 
+/// The committed server configuration of the compose deployment: one node's settings
+/// (JetStream, the cluster, lame duck mode) and every service's user and permissions
+/// (`auth.conf`, included from it).
+pub fn compose_nats_config() -> PathBuf {
+    repo_root().join("compose/nats/nats.conf")
+}
+
+/// The development password of a mesh NATS user in `compose/nats/auth.conf`.
+pub fn compose_nats_password(user: &str) -> String {
+    format!("{user}-nats-dev")
+}
+
 /// A JetStream cluster of nats-servers on loopback ports (client and route port free,
-/// a store directory and a config file per node, every node routing to all), for
-/// replicated (R3) streams. Nodes can be killed and started again on the same ports and
+/// a store directory per node, every node routing to all), for replicated (R3)
+/// streams: each node from a config file of its own ([`Self::start`]), or from the
+/// committed compose config with command-line overrides ([`Self::start_from_compose`]). Nodes can be killed and started again on the same ports and
 /// stores to test node loss. Everything is killed on drop.
 pub struct NatsCluster {
     bin: PathBuf,
     nodes: Vec<ClusterNode>,
+    /// User and password of the harness's own connections, when the servers require
+    /// them.
+    credentials: Option<(String, String)>,
     // Last field: removed after the children are gone.
     _dir: TempDir,
 }
 
 impl NatsCluster {
-    /// Start `size` nodes (named `n1`, `n2`, …) and wait until JetStream answers through
-    /// every one of them (a meta leader is elected).
+    /// Start `size` nodes (named `n1`, `n2`, …) from a config file of their own (no
+    /// authentication) and wait until JetStream answers through every one of them (a
+    /// meta leader is elected).
     pub async fn start(size: usize) -> Result<Self> {
         if size == 0 {
             bail!("a cluster needs at least one node");
         }
-        let bin = nats_server_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("mesh-nats-cluster-")
             .tempdir()
@@ -1491,13 +1508,82 @@ impl NatsCluster {
                 log: dir.path().join(&name).join("nats-server.log"),
                 name,
                 port,
-                config,
+                args: vec!["-c".into(), config.display().to_string()],
                 child: None,
             });
         }
+        Self::run(nodes, None, dir).await
+    }
+
+    /// Start `size` nodes from the committed compose configuration
+    /// ([`compose_nats_config`]: its JetStream, cluster and lame-duck settings and its
+    /// users and permissions), overriding on the command line only what differs on
+    /// loopback, exactly as the file's header describes: the server name, the client,
+    /// monitoring and route ports, the store directory and the routes. The harness
+    /// connects as `user` (its development password); services need their own
+    /// `NATS_USER` / `NATS_PASSWORD`, and streams come from `mesh-provision`.
+    pub async fn start_from_compose(size: usize, user: &str) -> Result<Self> {
+        if size == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let config = compose_nats_config();
+        anyhow::ensure!(config.exists(), "{} is missing", config.display());
+        let dir = tempfile::Builder::new()
+            .prefix("mesh-nats-compose-")
+            .tempdir()
+            .context("Failed to create a tempdir for the cluster")?;
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(size);
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let port = free_port();
+            let store = dir.path().join(&name);
+            std::fs::create_dir_all(&store)?;
+            let args = vec![
+                "-c".to_owned(),
+                config.display().to_string(),
+                "--server_name".to_owned(),
+                name.clone(),
+                "-sd".to_owned(),
+                store.display().to_string(),
+                "-a".to_owned(),
+                "127.0.0.1".to_owned(),
+                "-p".to_owned(),
+                port.to_string(),
+                "-m".to_owned(),
+                free_port().to_string(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route_port}"),
+                "--routes".to_owned(),
+                routes.clone(),
+            ];
+            nodes.push(ClusterNode {
+                log: dir.path().join(&name).join("nats-server.log"),
+                name,
+                port,
+                args,
+                child: None,
+            });
+        }
+        let credentials = Some((user.to_owned(), compose_nats_password(user)));
+        Self::run(nodes, credentials, dir).await
+    }
+
+    async fn run(
+        nodes: Vec<ClusterNode>,
+        credentials: Option<(String, String)>,
+        dir: TempDir,
+    ) -> Result<Self> {
+        let size = nodes.len();
         let mut cluster = NatsCluster {
-            bin,
+            bin: nats_server_binary()?,
             nodes,
+            credentials,
             _dir: dir,
         };
         for node in 0..size {
@@ -1557,8 +1643,7 @@ impl NatsCluster {
         );
         let (stdout, stderr) = log_stdio(&n.log)?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("-c")
-            .arg(&n.config)
+        cmd.args(&n.args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -1586,7 +1671,7 @@ impl NatsCluster {
                     tail_lines(&read_lossy(&n.log), 30)
                 );
             }
-            let last_err = match jetstream_info(&url).await {
+            let last_err = match jetstream_info(&url, self.credentials.as_ref()).await {
                 Ok(()) => return Ok(()),
                 Err(err) => format!("{err:#}"),
             };
@@ -1706,11 +1791,24 @@ impl NatsCluster {
         let urls: Vec<String> = (0..self.nodes.len())
             .map(|n| self.url(n))
             .collect::<Result<_>>()?;
-        async_nats::ConnectOptions::new()
+        connect_options(self.credentials.as_ref())
             .connection_timeout(Duration::from_secs(5))
             .connect(urls)
             .await
             .with_context(|| format!("Failed to connect to {}", self.url_list()))
+    }
+
+    /// A client of every node connected as `user` with its development password (for a
+    /// cluster started from the compose config).
+    pub async fn client_as(&self, user: &str) -> Result<async_nats::Client> {
+        let urls: Vec<String> = (0..self.nodes.len())
+            .map(|n| self.url(n))
+            .collect::<Result<_>>()?;
+        connect_options(Some(&(user.to_owned(), compose_nats_password(user))))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(urls)
+            .await
+            .with_context(|| format!("Failed to connect to {} as {user}", self.url_list()))
     }
 
     /// A JetStream context on a new [`Self::client`].
@@ -1727,11 +1825,23 @@ impl NatsCluster {
     }
 }
 
+fn connect_options(credentials: Option<&(String, String)>) -> async_nats::ConnectOptions {
+    match credentials {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
 /// One `$JS.API.INFO` through the server at `url` (no fail-over).
-async fn jetstream_info(url: &str) -> Result<()> {
-    let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url))
-        .await
-        .context("connect timed out")??;
+async fn jetstream_info(url: &str, credentials: Option<&(String, String)>) -> Result<()> {
+    let client = tokio::time::timeout(
+        Duration::from_secs(2),
+        connect_options(credentials).connect(url),
+    )
+    .await
+    .context("connect timed out")??;
     let js = async_nats::jetstream::new(client);
     tokio::time::timeout(Duration::from_secs(2), js.query_account())
         .await

@@ -3,8 +3,8 @@
 //!
 //! - [`provision`]: connected as the `provision` user (the only one allowed to create,
 //!   change or delete streams and buckets), creates or updates every stream and
-//!   key-value bucket the mesh uses, idempotently. Services then run with
-//!   `PROVISION=off`.
+//!   key-value bucket the mesh uses, idempotently (the `DLQ` stream with the limits of
+//!   [`WardLimits`]). Services then run with `PROVISION=off`.
 //! - [`check`]: every stream and bucket exists (the compose health check).
 //! - [`nats_config`]: the nats-server `authorization { users = [...] }` block built from
 //!   [`contracts::permissions`], with bcrypt-hashed passwords; `compose/nats/auth.conf`
@@ -39,9 +39,7 @@ pub const BCRYPT_COST: u32 = 11;
 pub enum ProvisionError {
     #[error(transparent)]
     Nats(#[from] runtime::nats::NatsError),
-    #[error("cannot look up the DLQ stream: {0}")]
-    DlqLookup(#[source] jetstream::context::GetStreamError),
-    #[error("cannot create the DLQ stream: {0}")]
+    #[error("cannot create or update the DLQ stream: {0}")]
     Dlq(#[source] jetstream::context::CreateStreamError),
     #[error("missing: {0}")]
     Missing(String),
@@ -53,28 +51,65 @@ pub enum ProvisionError {
     },
 }
 
-/// Creates or updates the domain streams and the buckets; creates the DLQ stream only
-/// when absent (its limits belong to the hospital's operators, as in the runtime).
-pub async fn provision(js: &jetstream::Context) -> Result<(), ProvisionError> {
-    runtime::nats::provision_streams(js, subjects::ALL_STREAMS).await?;
-    match js.get_stream(subjects::DLQ_STREAM.name).await {
-        Ok(_) => tracing::info!(stream = subjects::DLQ_STREAM.name, "exists, kept as it is"),
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
-            js.create_stream(runtime::consumer::dlq_stream_config(
-                subjects::DLQ_MAX_BYTES,
-            ))
-            .await
-            .map_err(ProvisionError::Dlq)?;
-            tracing::info!(stream = subjects::DLQ_STREAM.name, "created");
+/// The ward's (`DLQ` stream's) limits, read from the hospital's own setting names:
+/// `HOSPITAL_DLQ_MAX_BYTES` (default 1 GiB) and `HOSPITAL_DLQ_MAX_AGE_SECS` (default
+/// 30 days). In a deployment every service runs with `PROVISION=off`, so the
+/// provisioner is the one that applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WardLimits {
+    pub max_bytes: i64,
+    pub max_age: Duration,
+}
+
+impl Default for WardLimits {
+    fn default() -> Self {
+        WardLimits {
+            max_bytes: subjects::DLQ_MAX_BYTES,
+            max_age: Duration::from_secs(subjects::DLQ_STREAM.max_age_secs),
         }
-        Err(e) => return Err(ProvisionError::DlqLookup(e)),
     }
+}
+
+impl WardLimits {
+    pub fn from_env() -> Result<Self, runtime::ConfigError> {
+        let defaults = WardLimits::default();
+        let max_bytes: i64 = runtime::config::parse("HOSPITAL_DLQ_MAX_BYTES", defaults.max_bytes)?;
+        if max_bytes == 0 || max_bytes < -1 {
+            return Err(runtime::ConfigError::Invalid {
+                name: "HOSPITAL_DLQ_MAX_BYTES".into(),
+                value: max_bytes.to_string(),
+                reason: "must be positive (or -1 for no limit)".into(),
+            });
+        }
+        let max_age = runtime::config::secs(
+            "HOSPITAL_DLQ_MAX_AGE_SECS",
+            subjects::DLQ_STREAM.max_age_secs,
+        )?;
+        Ok(WardLimits { max_bytes, max_age })
+    }
+
+    /// The `DLQ` stream with these limits (discard-new, limits retention, the explicit
+    /// duplicate window: `runtime::consumer::dlq_stream_config`).
+    pub fn stream_config(&self) -> jetstream::stream::Config {
+        let mut config = runtime::consumer::dlq_stream_config(self.max_bytes);
+        config.max_age = self.max_age;
+        config
+    }
+}
+
+/// Creates or updates the domain streams, the `DLQ` stream (with `ward`'s limits) and
+/// the buckets.
+pub async fn provision(js: &jetstream::Context, ward: WardLimits) -> Result<(), ProvisionError> {
+    runtime::nats::provision_streams(js, subjects::ALL_STREAMS).await?;
+    js.create_or_update_stream(ward.stream_config())
+        .await
+        .map_err(ProvisionError::Dlq)?;
+    tracing::info!(
+        stream = subjects::DLQ_STREAM.name,
+        max_bytes = ward.max_bytes,
+        max_age_secs = ward.max_age.as_secs(),
+        "provisioned"
+    );
     for (bucket, ttl) in BUCKETS {
         runtime::nats::provision_bucket(js, bucket, ttl).await?;
         tracing::info!(bucket, max_age_secs = ttl.as_secs(), "bucket provisioned");

@@ -20,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         [] | ["run"] => {
-            with_jetstream(|js| async move { Ok(provision::provision(&js).await?) }).await
+            let ward = provision::WardLimits::from_env()?;
+            with_jetstream(|js| async move { Ok(provision::provision(&js, ward).await?) }).await
         }
         ["check"] => with_jetstream(|js| async move { Ok(provision::check(&js).await?) }).await,
         _ => bail!("usage: mesh-provision [run | check | nats-config [--out FILE]]"),

@@ -14,9 +14,10 @@ use futures::stream::FuturesUnordered;
 use jiff::Timestamp;
 use uuid::Uuid;
 
-use crate::both_backends;
 use crate::helpers::*;
+use crate::{both_backends, sqlite_only};
 
+sqlite_only!(a_paced_replay_keeps_its_rate);
 both_backends!(
     ten_thousand_replayed_as_one_group,
     an_interrupted_job_run_again_sends_each_message_once,
@@ -282,5 +283,41 @@ async fn a_crash_after_the_ack_sends_nothing_twice(backend: Backend) -> Result<(
         .await?;
     assert_eq!((rerun.total, rerun.done, rerun.skipped), (3, 3, 0));
     assert_eq!(replays_received(&app, BULK).await?, (3, 3, 3));
+    app.stop().await
+}
+
+/// A bulk replay with a rate spreads its publishes: 60 at 20 per second take about three
+/// seconds, not a burst. Generous bounds: a behaviour check, not a speed target.
+async fn a_paced_replay_keeps_its_rate(backend: Backend) -> Result<()> {
+    const N: u64 = 60;
+    const RATE: u32 = 20;
+    let nats = NatsServer::start().await?;
+    let db = TestDb::new(backend).await?;
+    let app = TestApp::spawn(&nats, &db).await?;
+    park_many(&app, BULK, N).await?;
+    wait_indexed(&app, N as i64).await?;
+    let one = app.dead_letters(&[("limit", "1")]).await?.remove(0);
+
+    let started = Instant::now();
+    let r = app.replay(group_of(&one), Some(RATE)).await?;
+    assert_eq!(r.job.as_ref().and_then(|j| j.rate_per_sec), Some(RATE));
+    // What reached the stream one second in: about one second's worth, not all 60.
+    tokio::time::sleep_until((started + Duration::from_secs(1)).into()).await;
+    let after_one_second = replays_received(&app, BULK).await?.0;
+    let job = app
+        .wait_job(r.job.expect("a job").id, Duration::from_secs(60))
+        .await?;
+    let took = started.elapsed();
+    assert_eq!((job.status, job.done), (JobStatus::Completed, N));
+    assert_eq!(replays_received(&app, BULK).await?.0, N as usize);
+    println!("{N} replays at {RATE}/s: {after_one_second} after 1 s, all after {took:?}");
+    assert!(
+        after_one_second <= 25,
+        "{after_one_second} replays in the first second at {RATE}/s"
+    );
+    assert!(
+        took >= Duration::from_millis(2500),
+        "{N} replays at {RATE}/s took only {took:?}"
+    );
     app.stop().await
 }

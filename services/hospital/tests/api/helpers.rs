@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_nats::HeaderMap;
@@ -265,6 +265,36 @@ impl TestApp {
         Ok(ack.sequence)
     }
 
+    /// The process's Prometheus text from the hospital's `/metrics` (the test
+    /// subscribers run in this process, so their counters are there too).
+    pub async fn metrics(&self) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("an HTTP response")?;
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        Ok(body.to_owned())
+    }
+
+    /// The value of one counter or gauge line, e.g.
+    /// `mesh_dlq_park_refused_total{durable="x"}` (labels in the exporter's order).
+    pub async fn metric(&self, name: &str, label: (&str, &str)) -> Result<Option<f64>> {
+        let text = self.metrics().await?;
+        let needle = format!("{}=\"{}\"", label.0, label.1);
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(|a, b| a + b))
+    }
+
     /// GET /healthz or /readyz over plain HTTP/1.0; returns the status code.
     pub async fn http_status(&self, path: &str) -> Result<u16> {
         integration::http_status(self.http_port, path).await
@@ -330,12 +360,28 @@ pub struct Seen {
     pub nats_msg_id: Option<String>,
     pub title: String,
     pub ok: bool,
+    /// The delivery attempt, from 1.
+    pub delivered: i64,
+    pub stream_sequence: u64,
+    /// When the handler saw it.
+    pub at: Instant,
 }
 
-/// A subscriber that records every delivery. With `fails_on_boom`, an event whose
-/// title contains "boom" fails permanently until [`Subscriber::fix`] is called.
+/// How a test subscriber fails an event whose title contains "boom" (until
+/// [`Subscriber::fix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boom {
+    /// Handled like any other event.
+    Handled,
+    /// Fails permanently: parked at once.
+    Permanent,
+    /// Fails transiently: retried on the backoff schedule, parked after max deliveries.
+    Transient,
+}
+
+/// A subscriber that records every delivery and fails "boom" events as told.
 pub struct Recorder {
-    fails_on_boom: bool,
+    boom: Boom,
     fixed: AtomicBool,
     seen: Mutex<Vec<Seen>>,
 }
@@ -343,7 +389,7 @@ pub struct Recorder {
 impl Handler for Recorder {
     async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
         let event: EventCreatedV1 = d.decode()?;
-        let fail = self.fails_on_boom
+        let fail = self.boom != Boom::Handled
             && event.event.title.contains("boom")
             && !self.fixed.load(Ordering::SeqCst);
         if let Ok(mut seen) = self.seen.lock() {
@@ -355,15 +401,48 @@ impl Handler for Recorder {
                 nats_msg_id: d.header(h::NATS_MSG_ID).map(str::to_owned),
                 title: event.event.title.clone(),
                 ok: !fail,
+                delivered: d.delivered,
+                stream_sequence: d.stream_sequence,
+                at: Instant::now(),
             });
         }
         if fail {
-            return Err(HandlerError::permanent(format!(
+            let why = format!(
                 "template render failed for event \"{}\" ({})",
                 event.event.title, event.meta.message_id
-            )));
+            );
+            return Err(match self.boom {
+                Boom::Transient => HandlerError::transient(why),
+                _ => HandlerError::permanent(why),
+            });
         }
         Ok(())
+    }
+}
+
+/// How a test subscriber runs.
+#[derive(Debug, Clone)]
+pub struct SubscriberOptions {
+    pub durable: String,
+    pub boom: Boom,
+    pub retry: RetryPolicy,
+    /// Sets the durable's `max_deliver` on the server after `ensure` (which sets the
+    /// policy's plus `PARK_RETRY_MARGIN`): a small margin that runs out in a test.
+    pub server_max_deliver: Option<i64>,
+}
+
+impl SubscriberOptions {
+    /// 3 deliveries, 200 ms then 400 ms apart.
+    pub fn new(durable: &str, boom: Boom) -> Self {
+        SubscriberOptions {
+            durable: durable.to_owned(),
+            boom,
+            retry: RetryPolicy {
+                max_deliver: 3,
+                backoff: vec![Duration::from_millis(200), Duration::from_millis(400)],
+            },
+            server_max_deliver: None,
+        }
     }
 }
 
@@ -380,24 +459,41 @@ impl Subscriber {
         durable: &str,
         fails_on_boom: bool,
     ) -> Result<Self> {
+        let boom = if fails_on_boom {
+            Boom::Permanent
+        } else {
+            Boom::Handled
+        };
+        Self::start_with(js, SubscriberOptions::new(durable, boom)).await
+    }
+
+    pub async fn start_with(js: &jetstream::Context, options: SubscriberOptions) -> Result<Self> {
         let config = ConsumerConfig {
             stream: "CALENDAR",
-            durable: durable.to_owned(),
+            durable: options.durable.clone(),
             filter_subjects: vec!["calendar.v1.>".to_owned()],
             start: StartPosition::Beginning,
-            retry: RetryPolicy {
-                max_deliver: 3,
-                backoff: vec![Duration::from_millis(200), Duration::from_millis(400)],
-            },
+            retry: options.retry.clone(),
             concurrency: 8,
             max_ack_pending: 1000,
         };
         let recorder = Arc::new(Recorder {
-            fails_on_boom,
+            boom: options.boom,
             fixed: AtomicBool::new(false),
             seen: Mutex::new(Vec::new()),
         });
-        let consumer = runtime::consumer::ensure(js, &config).await?;
+        let mut consumer = runtime::consumer::ensure(js, &config).await?;
+        if let Some(max) = options.server_max_deliver {
+            let stream = js.get_stream("CALENDAR").await?;
+            let mut changed = consumer.cached_info().config.clone();
+            changed.max_deliver = max;
+            stream.update_consumer(changed).await?;
+            consumer = stream
+                .get_consumer(&options.durable)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::ensure!(consumer.cached_info().config.max_deliver == max);
+        }
         let cancel = CancellationToken::new();
         let handle = tokio::spawn({
             let js = js.clone();
@@ -424,6 +520,14 @@ impl Subscriber {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// The deliveries of events with this title, in order.
+    pub fn seen_titled(&self, title: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.title == title)
+            .collect()
     }
 
     pub async fn stop(mut self) {

@@ -13,3 +13,4 @@ mod bulk;
 mod dead_letters;
 mod edit;
 mod replay;
+mod ward;

@@ -1,7 +1,8 @@
 //! Rolling restarts and node loss, with nothing lost: a 3-node JetStream cluster with
 //! replicated (R3) streams, the services under a steady RSVP load, then (1) every
-//! service process restarted one at a time, (2) one NATS node killed with SIGKILL and
-//! started again. The load client retries connection errors and 5xx with the same
+//! service process (two gateways and two replicas of each service) restarted one at a
+//! time, one calendar coming back as a newer version that publishes v2 of the RSVP
+//! event beside v1, (2) one NATS node killed with SIGKILL and started again. The load client retries connection errors and 5xx with the same
 //! `Idempotency-Key` on the other gateway until the RSVP is accepted, and afterwards
 //! every accepted RSVP is checked end to end: its domain event is in the CALENDAR stream
 //! exactly once, its mails reached the SMTP server (duplicates counted by Message-ID),
@@ -391,6 +392,41 @@ async fn stored_rsvps(js: &async_nats::jetstream::Context) -> Result<Vec<StoredR
     Ok(out)
 }
 
+/// The calendar replica the rolling restart brings back as a newer version.
+const NEWER_CALENDAR: &str = "calendar#2";
+
+/// `calendar.v2.rsvp.changed` copies in the CALENDAR stream, and how many of them carry
+/// a logical message id no v1 event has.
+async fn rsvp_v2_copies(js: &async_nats::jetstream::Context) -> Result<(usize, usize)> {
+    let v1: HashSet<String> = stored_rsvps(js)
+        .await?
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    let mut stream = js.get_stream(CALENDAR_STREAM).await?;
+    let state = stream.info().await?.state.clone();
+    let (mut copies, mut orphans) = (0, 0);
+    for seq in state.first_sequence..=state.last_sequence {
+        let msg = stream
+            .get_raw_message(seq)
+            .await
+            .with_context(|| format!("CALENDAR message {seq}"))?;
+        if msg.subject.as_str() != calendar::RSVP_CHANGED_V2 {
+            continue;
+        }
+        copies += 1;
+        let id = msg
+            .headers
+            .get("Mesh-Message-Id")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        if !v1.contains(&id) {
+            orphans += 1;
+        }
+    }
+    Ok((copies, orphans))
+}
+
 /// The counts a run prints.
 #[derive(Debug, Default)]
 struct Report {
@@ -773,7 +809,7 @@ async fn rolling_restart_of_every_process_under_load_loses_nothing() -> Result<(
         .service("calendar", 2)
         .service("email", 2)
         .service("push", 2)
-        .service("hospital", 1)
+        .service("hospital", 2)
         .service("gateway", 2)
         .start()
         .await?;
@@ -789,6 +825,13 @@ async fn rolling_restart_of_every_process_under_load_loses_nothing() -> Result<(
     let mut accepted = load.progress(0, 20, "the load to get going").await?;
     for label in fleet.labels() {
         let at = Instant::now();
+        if label == NEWER_CALENDAR {
+            // Its new process is a newer version: it publishes v2 of the RSVP event
+            // beside v1, next to the old calendar, while email and push read v1.
+            fleet
+                .process_mut(&label)?
+                .set_env("CALENDAR_PUBLISH_RSVP_V2", "on");
+        }
         fleet
             .restart(&label)
             .await
@@ -822,6 +865,13 @@ async fn rolling_restart_of_every_process_under_load_loses_nothing() -> Result<(
     .await?;
     report.print("rolling restart");
     print_subscriber_warnings(&fleet, &report);
+    // The newer calendar published v2 copies, each beside a v1 event of the run.
+    let (v2_copies, v2_without_v1) = rsvp_v2_copies(&cluster.jetstream().await?).await?;
+    println!(
+        "rolling restart: {NEWER_CALENDAR} came back as a newer version and published {v2_copies} v2 copies ({v2_without_v1} without their v1)"
+    );
+    ensure!(v2_copies > 0, "the newer calendar published v2 beside v1");
+    ensure!(v2_without_v1 == 0, "every v2 copy has its v1 event");
     // Each email replica was stopped once; only a mail between the SMTP server's 250
     // and its record can repeat: at most the replica's in-flight messages, two mails each.
     let max_duplicates = 2 * 2 * EMAIL_CONCURRENCY;
