@@ -11,7 +11,7 @@ use contracts::api::{
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::calendar as subj;
 use contracts::{ErrorCode, Problem};
-use runtime::routes::Route;
+use runtime::routes::{CachePolicy, Route};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -84,14 +84,16 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .user()
                 .response::<EventPage>(200)
                 .query(&["from", "to", "mine", "limit", "cursor"])
-                .summary("List events by start time"),
+                .summary("List events by start time")
+                .cached(any_event_invalidates(10)),
         ),
         (
             subj::RPC_GET_EVENT,
             Route::get("/v1/events/{id}")
                 .user()
                 .response::<Event>(200)
-                .summary("One event"),
+                .summary("One event")
+                .cached(its_events_invalidate(60)),
         ),
         (
             subj::RPC_UPDATE_EVENT,
@@ -122,9 +124,29 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .user()
                 .response::<RsvpPage>(200)
                 .query(&["limit", "cursor"])
-                .summary("List an event's RSVPs"),
+                .summary("List an event's RSVPs")
+                .cached(its_events_invalidate(60)),
         ),
     ]
+}
+
+/// The gateway may cache an event's answers until one of ITS events (the aggregate in
+/// the path's `{id}`) says it changed.
+fn its_events_invalidate(max_age_secs: u32) -> CachePolicy {
+    CachePolicy {
+        invalidated_by: contracts::subjects::CALENDAR_STREAM.subjects[0].to_owned(),
+        aggregate_param: Some("id".to_owned()),
+        max_age_secs,
+    }
+}
+
+/// The gateway may cache a list until any calendar event (a list may show any event).
+fn any_event_invalidates(max_age_secs: u32) -> CachePolicy {
+    CachePolicy {
+        invalidated_by: contracts::subjects::CALENDAR_STREAM.subjects[0].to_owned(),
+        aggregate_param: None,
+        max_age_secs,
+    }
 }
 
 /// Every calendar endpoint, with the public route it backs ([`routes`]).

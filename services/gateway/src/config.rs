@@ -61,6 +61,13 @@ pub struct Config {
     /// notification stream gets a keep-alive comment, so proxies and load balancers do not
     /// close it for inactivity.
     pub sse_keepalive: Duration,
+    /// `GATEWAY_CACHE_MAX_BYTES` (default 67108864, 64 MiB; `0` turns the cache off):
+    /// room for GET answers of routes their services declare cacheable, kept fresh by
+    /// the services' domain events (see `gateway::cache`).
+    pub cache_max_bytes: u64,
+    /// `GATEWAY_CACHE_MAX_AGE_SECS` (default 60, at least 1): the longest any cached
+    /// answer is served, whatever a route declares.
+    pub cache_max_age: Duration,
     /// `GATEWAY_COOKIE_SECURE` (`on`/`off`, default off): mark the web console's cookies
     /// (`mesh_session`, `mesh_csrf`) `Secure`, so browsers send them over HTTPS only.
     /// Turn it on whenever the gateway is reached over HTTPS (directly or behind a
@@ -106,6 +113,8 @@ impl Config {
             idempotency_abandon_after: Duration::from_secs(60),
             sse_ticket_ttl: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(15),
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_max_age: Duration::from_secs(60),
             cookie_secure: false,
             route_prefixes: RoutePrefixes::default(),
             discovery_interval: Duration::from_secs(10),
@@ -155,6 +164,8 @@ impl Config {
             )?,
             sse_ticket_ttl: positive_secs("GATEWAY_SSE_TICKET_TTL_SECS", d.sse_ticket_ttl)?,
             sse_keepalive: positive_secs("GATEWAY_SSE_KEEPALIVE_SECS", d.sse_keepalive)?,
+            cache_max_bytes: config::parse("GATEWAY_CACHE_MAX_BYTES", d.cache_max_bytes)?,
+            cache_max_age: positive_secs("GATEWAY_CACHE_MAX_AGE_SECS", d.cache_max_age)?,
             cookie_secure: config::switch("GATEWAY_COOKIE_SECURE", d.cookie_secure)?,
             route_prefixes: match config::var("GATEWAY_ROUTE_PREFIXES") {
                 None => d.route_prefixes,

@@ -25,6 +25,7 @@
 //! build time: a team ships a new endpoint by deploying only its own service.
 
 pub mod auth;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod console;
@@ -57,6 +58,7 @@ pub use routes::{AuthRule, Route, RouteTable};
 use discovery::{Directory, DiscoveryOptions};
 
 use auth::KeyStore;
+use cache::{CacheOptions, ResponseCache};
 use idempotency::Idempotency;
 use proxy::Gateway;
 use ratelimit::RateLimits;
@@ -136,6 +138,13 @@ impl Application {
             idempotency: Arc::new(Idempotency::new(config.idempotency_abandon_after)),
             tickets: Arc::new(Tickets::new(config.sse_ticket_ttl)),
             streams: StreamOptions::new(config.sse_keepalive),
+            cache: Arc::new(ResponseCache::new(
+                client.clone(),
+                &CacheOptions {
+                    max_bytes: config.cache_max_bytes,
+                    max_age: config.cache_max_age,
+                },
+            )),
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
         });

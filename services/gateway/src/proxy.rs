@@ -20,6 +20,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::auth::KeyStore;
+use crate::cache::{ResponseCache, X_CACHE};
 use crate::console;
 use crate::discovery::Directory;
 use crate::error::{ApiError, PROBLEM_JSON};
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub tickets: Arc<Tickets>,
     /// Settings of the notification streams (see [`crate::stream`]).
     pub streams: StreamOptions,
+    /// Answers of cacheable GET routes (see [`crate::cache`]).
+    pub cache: Arc<ResponseCache>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
 }
@@ -97,6 +100,22 @@ impl Gateway {
         };
         self.limits.check(scope)?;
 
+        // A cacheable read is answered here when a fresh answer is stored.
+        let cache_slot = if parts.method == Method::GET {
+            let caller_id = caller.as_ref().map(|c| c.user_id);
+            self.cache.slot(route, &params, &parts.uri, caller_id)
+        } else {
+            None
+        };
+        if let Some(slot) = &cache_slot
+            && let Some(stored) = self.cache.get(slot, &parts.headers)
+        {
+            return Ok(with_cache_header(respond(stored, false), "hit"));
+        }
+        // What a successful write may have changed (see `ResponseCache::wrote`).
+        let written =
+            (parts.method != Method::GET).then(|| (route.service.clone(), params.clone()));
+
         let query = parse_query(&parts)?;
         let idempotency_key = match parts.headers.get(idempotency::HEADER) {
             Some(v) if parts.method == Method::POST && route.idempotent => {
@@ -134,7 +153,13 @@ impl Gateway {
         };
 
         let Some(key) = idempotency_key else {
-            return Ok(respond(self.forward(&call).await?, false));
+            let stored = self.forward(&call).await?;
+            if let Some(slot) = cache_slot {
+                self.cache.put(slot, &stored);
+                return Ok(with_cache_header(respond(stored, false), "miss"));
+            }
+            self.after_write(written, &stored, &snapshot);
+            return Ok(respond(stored, false));
         };
         let storage_key =
             idempotency::storage_key(scope, &parts.method, &route.path, parts.uri.path(), &key);
@@ -162,8 +187,23 @@ impl Gateway {
                 let stored = tokio::spawn(task.in_current_span())
                     .await
                     .map_err(|e| ApiError::internal("idempotent request task failed", e))??;
+                self.after_write(written, &stored, &snapshot);
                 Ok(respond(stored, false))
             }
+        }
+    }
+
+    /// A write answered with success: the cached reads of its service may be stale.
+    fn after_write(
+        &self,
+        written: Option<(String, BTreeMap<String, String>)>,
+        stored: &StoredResponse,
+        snapshot: &crate::discovery::Snapshot,
+    ) {
+        if let Some((service, params)) = written
+            && stored.status < 400
+        {
+            self.cache.wrote(&service, snapshot.table.routes(), &params);
         }
     }
 
@@ -315,6 +355,14 @@ fn respond(stored: StoredResponse, replayed: bool) -> Response {
             HeaderValue::from_static("true"),
         );
     }
+    response
+}
+
+/// Marks a cacheable route's answer as served from the cache or not.
+fn with_cache_header(mut response: Response, value: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(value));
     response
 }
 

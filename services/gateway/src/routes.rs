@@ -44,6 +44,8 @@ pub struct Route {
     /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
     /// (tokens), which must not sit in the shared idempotency store.
     pub idempotent: bool,
+    /// Whether the gateway may cache the answers (see [`crate::cache`]).
+    pub cache: Option<runtime::routes::CachePolicy>,
 }
 
 impl Route {
@@ -62,6 +64,7 @@ impl Route {
             query: declaration.query,
             summary: declaration.summary,
             idempotent: declaration.idempotent,
+            cache: declaration.cache,
         }
     }
 }

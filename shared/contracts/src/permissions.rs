@@ -217,6 +217,10 @@ pub fn identity(user: &str) -> Option<Identity> {
             // A restarted gateway lists the last-known route table's keys.
             publish.extend(kv_watch(buckets::ROUTES));
             subscribe.push(subjects::push::LIVE_WILDCARD.into());
+            // The calendar's events keep the gateway's cache of calendar reads fresh
+            // (routes declared cacheable name them). Event data only: the AUTH stream,
+            // with addresses in it, stays closed.
+            subscribe.extend(CALENDAR_STREAM.subjects.iter().map(|s| (*s).to_owned()));
         }
         AUTH => {
             publish.extend(event_subjects(&AUTH_STREAM));
