@@ -32,12 +32,41 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
 }
 
 /// The migrations of one service, per backend.
 pub struct Migrations {
     pub sqlite: &'static Migrator,
     pub postgres: &'static Migrator,
+}
+
+/// How long database calls may wait, from the environment:
+///
+/// - `DATABASE_ACQUIRE_TIMEOUT_MS`: waiting for a pooled connection (default 30000 on
+///   SQLite, where writers queue for the one write lock, 10000 on PostgreSQL);
+/// - `DATABASE_STATEMENT_TIMEOUT_MS` (PostgreSQL): one statement's run time, enforced by
+///   the server (`statement_timeout`; default 30000, 0 turns it off). SQLite has no such
+///   limit; its writers wait at most 30 s for the write lock (`busy_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbTimeouts {
+    pub acquire: Duration,
+    pub statement: Duration,
+}
+
+impl DbTimeouts {
+    /// The settings for `backend`.
+    pub fn from_env(backend: Backend) -> Result<DbTimeouts, crate::ConfigError> {
+        let default_acquire = match backend {
+            Backend::Sqlite => 30_000,
+            Backend::Postgres => 10_000,
+        };
+        Ok(DbTimeouts {
+            acquire: crate::config::millis("DATABASE_ACQUIRE_TIMEOUT_MS", default_acquire)?,
+            statement: crate::config::millis("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)?,
+        })
+    }
 }
 
 /// A connection pool and the backend it talks to.
@@ -58,12 +87,13 @@ impl Database {
         } else {
             return Err(DbError::Scheme(url.to_owned()));
         };
+        let timeouts = DbTimeouts::from_env(backend)?;
         let pool = match backend {
             Backend::Sqlite => {
                 let url = sqlite_url(url)?;
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .acquire_timeout(timeouts.acquire)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             use sqlx::Executor;
@@ -80,9 +110,20 @@ impl Database {
                     .await
             }
             Backend::Postgres => {
+                let statement_ms = timeouts.statement.as_millis();
                 AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(timeouts.acquire)
+                    .after_connect(move |conn, _meta| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            // A query stuck on a lock or a bad plan fails instead of
+                            // holding its connection (and its caller) forever; 0 = off.
+                            let set = format!("SET statement_timeout = {statement_ms}");
+                            conn.execute(sqlx::AssertSqlSafe(set)).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await
             }
