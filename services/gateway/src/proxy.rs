@@ -20,6 +20,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::auth::KeyStore;
+use crate::client_addr::TrustedProxies;
 use crate::console;
 use crate::discovery::Directory;
 use crate::error::{ApiError, PROBLEM_JSON};
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub streams: StreamOptions,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Whose `X-Forwarded-For` names the client (see [`crate::client_addr`]).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -91,9 +94,10 @@ impl Gateway {
         span.record("otel.name", format!("{} {}", route.method, route.path));
 
         let caller = self.authenticate(route, &parts).await?;
+        let client_ip = self.client_ip(&parts);
         let scope = match &caller {
             Some(Caller { user_id, .. }) => RateKey::User(*user_id),
-            None => RateKey::Ip(client_ip(&parts)),
+            None => RateKey::Ip(client_ip),
         };
         self.limits.check(scope)?;
 
@@ -119,6 +123,7 @@ impl Gateway {
             caller,
             params,
             query,
+            client_ip: Some(client_ip),
             body,
         };
         let payload = contracts::wire::encode(&rpc)
@@ -270,6 +275,7 @@ fn stored_from_reply(reply: RpcReply<Value>) -> Result<StoredResponse, ApiError>
                     status: status.as_u16(),
                     content_type: None,
                     body: String::new(),
+                    retry_after: None,
                 });
             }
             let body = serde_json::to_string(&body)
@@ -278,6 +284,7 @@ fn stored_from_reply(reply: RpcReply<Value>) -> Result<StoredResponse, ApiError>
                 status: status.as_u16(),
                 content_type: Some("application/json".to_owned()),
                 body,
+                retry_after: None,
             })
         }
         RpcReply::Err(problem) => {
@@ -293,6 +300,7 @@ fn stored_from_reply(reply: RpcReply<Value>) -> Result<StoredResponse, ApiError>
                 status: problem.status,
                 content_type: Some(PROBLEM_JSON.to_owned()),
                 body,
+                retry_after: problem.retry_after,
             })
         }
     }
@@ -309,6 +317,9 @@ fn respond(stored: StoredResponse, replayed: bool) -> Response {
     {
         headers.insert(header::CONTENT_TYPE, ct);
     }
+    if let Some(secs) = stored.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if replayed {
         headers.insert(
             idempotency::REPLAYED_HEADER,
@@ -318,14 +329,18 @@ fn respond(stored: StoredResponse, replayed: bool) -> Response {
     response
 }
 
-/// The peer address (set by `into_make_service_with_connect_info`); unspecified when the
-/// router runs without a socket (in-process tests).
-pub(crate) fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+impl Gateway {
+    /// The client's address: the peer (set by `into_make_service_with_connect_info`;
+    /// unspecified when the router runs without a socket), or what a trusted proxy
+    /// reports in `X-Forwarded-For`.
+    pub(crate) fn client_ip(&self, parts: &Parts) -> IpAddr {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        self.trusted_proxies.client_ip(peer, &parts.headers)
+    }
 }
 
 /// Query parameters; the last value of a repeated key wins.
