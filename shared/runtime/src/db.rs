@@ -77,17 +77,21 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects and runs the service's migrations.
+    /// Connects and runs the service's migrations, with the timeouts from the
+    /// environment ([`DbTimeouts::from_env`]).
     pub async fn connect(url: &str, migrations: &Migrations) -> Result<Self, DbError> {
+        let timeouts = DbTimeouts::from_env(backend_of(url)?)?;
+        Self::connect_with(url, migrations, timeouts).await
+    }
+
+    /// [`Database::connect`] with the given timeouts.
+    pub async fn connect_with(
+        url: &str,
+        migrations: &Migrations,
+        timeouts: DbTimeouts,
+    ) -> Result<Self, DbError> {
         install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(DbError::Scheme(url.to_owned()));
-        };
-        let timeouts = DbTimeouts::from_env(backend)?;
+        let backend = backend_of(url)?;
         let pool = match backend {
             Backend::Sqlite => {
                 let url = sqlite_url(url)?;
@@ -152,6 +156,17 @@ impl Database {
             .execute(&self.pool)
             .await
             .map(|_| ())
+    }
+}
+
+/// The backend a `DATABASE_URL` names.
+fn backend_of(url: &str) -> Result<Backend, DbError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(DbError::Scheme(url.to_owned()))
     }
 }
 

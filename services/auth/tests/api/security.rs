@@ -371,18 +371,47 @@ async fn a_rotated_key_signs_new_tokens_and_the_old_one_retires_after_they_expir
     assert_eq!(published.keys[0].kid, rotation.kid);
     // The next upkeep round marks it retired (the JWKS already left it out by age).
     let db = app.service()?.db.clone();
-    integration::poll_until(Duration::from_secs(10), "the old key marked retired", || {
-        let db = db.clone();
-        let old_kid = old_kid.clone();
-        async move {
-            let row = sqlx::query("SELECT retired_at FROM signing_keys WHERE kid = $1")
-                .bind(&old_kid)
-                .fetch_one(&db.pool)
-                .await
-                .ok()?;
-            row.try_get::<Option<i64>, _>("retired_at").ok().flatten()
-        }
-    })
+    integration::poll_until(
+        Duration::from_secs(10),
+        "the old key marked retired",
+        || {
+            let db = db.clone();
+            let old_kid = old_kid.clone();
+            async move {
+                let row = sqlx::query("SELECT retired_at FROM signing_keys WHERE kid = $1")
+                    .bind(&old_kid)
+                    .fetch_one(&db.pool)
+                    .await
+                    .ok()?;
+                row.try_get::<Option<i64>, _>("retired_at").ok().flatten()
+            }
+        },
+    )
     .await?;
     app.shutdown().await
+}
+
+/// `DATABASE_STATEMENT_TIMEOUT_MS`: on PostgreSQL a statement running longer fails
+/// instead of holding its connection (and its caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_calls_have_deadlines() -> Result<()> {
+    use runtime::db::{Database, DbTimeouts};
+    let test_db = helpers::TestDb::create(Backend::Postgres).await?;
+    let timeouts = DbTimeouts {
+        acquire: Duration::from_millis(300),
+        statement: Duration::from_millis(200),
+    };
+    let db = Database::connect_with(test_db.url(), &auth::migrations(), timeouts).await?;
+    let started = Instant::now();
+    let slow = sqlx::query("SELECT pg_sleep(5)").execute(&db.pool).await;
+    let err = match slow {
+        Ok(_) => bail!("a 5 s statement ran to the end"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("statement timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Quick statements are unaffected.
+    sqlx::query("SELECT 1").execute(&db.pool).await?;
+    db.pool.close().await;
+    Ok(())
 }
