@@ -393,14 +393,18 @@ async fn key_rotation(backend: Backend) -> Result<()> {
         "retired before the token expired"
     );
     // Expired now, the old token is refused (the gateway allows no clock skew here).
-    poll_until_ok(Duration::from_secs(10), "the expired token refused", || async {
-        let (status, _, body) = api.get("/v1/me", Some(&before.access)).await?;
-        ensure!(
-            status == StatusCode::UNAUTHORIZED,
-            "expired old token: {status} {body}"
-        );
-        Ok(())
-    })
+    poll_until_ok(
+        Duration::from_secs(10),
+        "the expired token refused",
+        || async {
+            let (status, _, body) = api.get("/v1/me", Some(&before.access)).await?;
+            ensure!(
+                status == StatusCode::UNAUTHORIZED,
+                "expired old token: {status} {body}"
+            );
+            Ok(())
+        },
+    )
     .await?;
     let (_, fresh) = api.new_user("Fresh").await?;
     let (status, _, _) = api.get("/v1/me", Some(&fresh.access)).await?;
