@@ -5,10 +5,12 @@
 //! - `lint`: rustfmt check and clippy with warnings as errors.
 //! - `tools`: only install the tools into `.tools` and print where they are.
 //! - `compose-check`: validate `compose/` without a container engine (CI).
+//! - `deny`: the dependency policy (`deny.toml`) with cargo-deny, built into `.tools`.
 //!
 //! Kept to std + anyhow + libc so it compiles in seconds.
 
 mod compose;
+mod deny;
 mod run;
 mod sys;
 mod tools;
@@ -36,9 +38,12 @@ commands:
         validate compose/ without a container engine: docker-compose config, hadolint,
         Dockerfile binaries vs the workspace, compose env vs what each service reads,
         nats.conf (installs Debian's docker-compose under CI=true, hadolint into .tools)
+  deny  `cargo deny check bans licenses sources` against deny.toml, then `advisories`
+        when the RustSec database can be fetched (skipped with a message otherwise);
+        builds cargo-deny from crates.io into .tools/cargo the first time
 
 environment: NATS_SERVER_BIN (use this nats-server), MESH_NATS_PORT, TEST_DATABASE_URL,
-             PYTHON (default python3), CARGO_TARGET_DIR
+             PYTHON (default python3), CARGO_TARGET_DIR, CARGO_DENY_BIN
 ";
 
 fn main() {
@@ -81,6 +86,10 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "compose-check" => {
             no_args("compose-check", rest)?;
             compose::check(&root)
+        }
+        "deny" => {
+            no_args("deny", rest)?;
+            deny::check(&root)
         }
         "tools" => {
             no_args("tools", rest)?;

@@ -5,6 +5,8 @@ use std::time::Duration;
 use runtime::ConfigError;
 use runtime::config::{self, CommonConfig};
 
+use crate::throttle::ThrottlePolicy;
+
 /// Everything the auth service reads from its environment.
 ///
 /// | variable | default | meaning |
@@ -21,6 +23,13 @@ use runtime::config::{self, CommonConfig};
 /// | `AUTH_RESET_TTL_SECS` | `1800` | lifetime of a password reset link |
 /// | `AUTH_ADMIN_EMAILS` | empty | comma-separated emails that register as `admin` (case-insensitive) |
 /// | `AUTH_SIGNING_KEY_PEM` | unset | an Ed25519 PKCS#8 PEM private key to sign with instead of the stored one |
+/// | `AUTH_SIGNING_KEY_RELOAD_SECS` | `10` | how often a replica re-reads the active key (after `mesh-auth rotate-key`) |
+/// | `AUTH_SIGNING_KEY_GRACE_SECS` | `60` | how long a replaced key stays published beyond the access-token lifetime |
+/// | `AUTH_LOGIN_MAX_FAILURES` | `5` | failed logins per account per window (0: no account limit) |
+/// | `AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS` | `20` | failed logins per client address per window (0: no address limit) |
+/// | `AUTH_LOGIN_WINDOW_SECS` | `900` | the window failed logins are counted in |
+/// | `AUTH_LOGIN_LOCKOUT_SECS` | `60` | the first lockout; each further one in a row doubles |
+/// | `AUTH_LOGIN_LOCKOUT_MAX_SECS` | `900` | the longest lockout |
 #[derive(Clone)]
 pub struct Config {
     pub common: CommonConfig,
@@ -36,6 +45,13 @@ pub struct Config {
     pub admin_emails: Vec<String>,
     /// PEM text of a PKCS#8 Ed25519 private key; `None` uses the key in the database.
     pub signing_key_pem: Option<String>,
+    /// How often the active signing key is re-read (so a rotation reaches every replica).
+    pub signing_key_reload: Duration,
+    /// How long a replaced key stays published after the access-token lifetime (clock
+    /// skew, the gateway's leeway).
+    pub signing_key_grace: Duration,
+    /// Brute-force limits on login.
+    pub login_throttle: ThrottlePolicy,
 }
 
 /// Default `HTTP_ADDR` of the auth service.
@@ -49,11 +65,24 @@ impl Config {
         let refresh_token_ttl = config::secs("AUTH_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?;
         let verification_ttl = config::secs("AUTH_VERIFICATION_TTL_SECS", 7 * 24 * 3600)?;
         let reset_ttl = config::secs("AUTH_RESET_TTL_SECS", 1800)?;
+        let signing_key_reload = config::secs("AUTH_SIGNING_KEY_RELOAD_SECS", 10)?;
+        let d = ThrottlePolicy::default();
+        let login_throttle = ThrottlePolicy {
+            account_max: config::parse("AUTH_LOGIN_MAX_FAILURES", d.account_max)?,
+            address_max: config::parse("AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS", d.address_max)?,
+            window: config::secs("AUTH_LOGIN_WINDOW_SECS", d.window.as_secs())?,
+            lockout: config::secs("AUTH_LOGIN_LOCKOUT_SECS", d.lockout.as_secs())?,
+            lockout_max: config::secs("AUTH_LOGIN_LOCKOUT_MAX_SECS", d.lockout_max.as_secs())?,
+        };
         for (name, ttl) in [
             ("AUTH_ACCESS_TOKEN_TTL_SECS", access_token_ttl),
             ("AUTH_REFRESH_TOKEN_TTL_SECS", refresh_token_ttl),
             ("AUTH_VERIFICATION_TTL_SECS", verification_ttl),
             ("AUTH_RESET_TTL_SECS", reset_ttl),
+            ("AUTH_SIGNING_KEY_RELOAD_SECS", signing_key_reload),
+            ("AUTH_LOGIN_WINDOW_SECS", login_throttle.window),
+            ("AUTH_LOGIN_LOCKOUT_SECS", login_throttle.lockout),
+            ("AUTH_LOGIN_LOCKOUT_MAX_SECS", login_throttle.lockout_max),
         ] {
             if ttl.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -73,7 +102,16 @@ impl Config {
             reset_ttl,
             admin_emails: parse_admin_emails(&config::string("AUTH_ADMIN_EMAILS", "")),
             signing_key_pem: config::var("AUTH_SIGNING_KEY_PEM"),
+            signing_key_reload,
+            signing_key_grace: config::secs("AUTH_SIGNING_KEY_GRACE_SECS", 60)?,
+            login_throttle,
         })
+    }
+
+    /// How long a key that stopped signing stays in the JWKS: until every access token
+    /// it signed has expired, plus the grace.
+    pub fn signing_key_keep(&self) -> Duration {
+        self.access_token_ttl + self.signing_key_grace
     }
 
     /// True when `email` (already normalized) is listed in `AUTH_ADMIN_EMAILS`.
@@ -111,6 +149,9 @@ impl std::fmt::Debug for Config {
                 "signing_key_pem",
                 &self.signing_key_pem.as_ref().map(|_| "<redacted>"),
             )
+            .field("signing_key_reload", &self.signing_key_reload)
+            .field("signing_key_grace", &self.signing_key_grace)
+            .field("login_throttle", &self.login_throttle)
             .finish()
     }
 }

@@ -34,8 +34,9 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::domain::{NewUser, normalize_email};
-use crate::keys::{self, ActiveKey};
+use crate::keys::KeyRing;
 use crate::password::Hasher;
+use crate::throttle::{Admission, LoginThrottle};
 
 pub mod account;
 pub mod preferences;
@@ -53,7 +54,8 @@ pub struct AuthState {
 struct Inner {
     db: Database,
     hasher: Hasher,
-    key: ActiveKey,
+    keys: KeyRing,
+    throttle: LoginThrottle,
     waker: RelayWaker,
     access_ttl: Duration,
     refresh_ttl: Duration,
@@ -66,15 +68,17 @@ impl AuthState {
     pub fn new(
         db: Database,
         hasher: Hasher,
-        key: ActiveKey,
+        keys: KeyRing,
         waker: RelayWaker,
         config: &crate::Config,
     ) -> AuthState {
+        let throttle = LoginThrottle::new(db.clone(), config.login_throttle);
         AuthState {
             inner: Arc::new(Inner {
                 db,
                 hasher,
-                key,
+                keys,
+                throttle,
                 waker,
                 access_ttl: config.access_token_ttl,
                 refresh_ttl: config.refresh_token_ttl,
@@ -331,11 +335,24 @@ pub async fn register(state: &AuthState, request: RpcRequest<RegisterRequest>) -
 }
 
 /// Exchanges email and password for a token pair. Unknown email and wrong password are
-/// indistinguishable, in the answer and in the time it takes.
+/// indistinguishable, in the answer, in the time it takes, and in the brute-force limits
+/// (see [`crate::throttle`]): failed attempts count per account (known or not) and per
+/// client address, and past the limit a login is refused with `login_throttled` and
+/// `Retry-After` before its password is even checked.
 #[tracing::instrument(skip_all)]
 pub async fn login(state: &AuthState, request: RpcRequest<LoginRequest>) -> Reply<TokenResponse> {
     let s = &state.inner;
     let email = normalize_email(&request.body.email);
+    let keys = s.throttle.keys(&email, request.client_ip);
+    if let Admission::Refused { retry_after_secs } =
+        s.throttle.begin(&keys).await.map_err(internal)?
+    {
+        return Err(Problem::new(ErrorCode::LoginThrottled)
+            .with_detail(format!(
+                "too many failed logins; try again in {retry_after_secs} s"
+            ))
+            .with_retry_after(retry_after_secs));
+    }
     let row = sqlx::query("SELECT id, password_hash, role FROM users WHERE email = $1")
         .bind(&email)
         .fetch_optional(&s.db.pool)
@@ -357,6 +374,7 @@ pub async fn login(state: &AuthState, request: RpcRequest<LoginRequest>) -> Repl
         .map_err(internal)?;
     let (id, role) = match account {
         Some(account) if ok => account,
+        // The reserved attempt stays counted.
         _ => {
             return Err(Problem::new(ErrorCode::InvalidCredentials)
                 .with_detail("email or password is incorrect"));
@@ -364,6 +382,7 @@ pub async fn login(state: &AuthState, request: RpcRequest<LoginRequest>) -> Repl
     };
     let user_id = parse_id(&id)?;
     let role = parse_role(&role)?;
+    s.throttle.succeeded(&keys).await.map_err(internal)?;
     let refresh = new_token();
     let now = jiff::Timestamp::now();
     insert_refresh(&s.db.pool, state, user_id, Uuid::now_v7(), &refresh, now).await?;
@@ -484,7 +503,7 @@ pub async fn me(state: &AuthState, request: RpcRequest<IgnoredAny>) -> Reply<Use
 /// The public keys access tokens are verified with.
 #[tracing::instrument(skip_all)]
 pub async fn jwks(state: &AuthState, _request: RpcRequest<IgnoredAny>) -> Reply<Jwks> {
-    let jwks = keys::published(&state.inner.db).await.map_err(internal)?;
+    let jwks = state.inner.keys.published().await.map_err(internal)?;
     Ok((200, jwks))
 }
 
@@ -589,7 +608,7 @@ fn token_response(
         exp: iat.saturating_add(secs(s.access_ttl)),
         jti: Uuid::now_v7(),
     };
-    let access_token = s.key.sign(&claims).map_err(internal)?;
+    let access_token = s.keys.current().sign(&claims).map_err(internal)?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer".to_owned(),

@@ -6,6 +6,15 @@
 //! both install a key — the loser's insert does nothing and it re-reads the winner's.
 //! Keys that are no longer active but not yet retired stay in the JWKS, so tokens they
 //! signed keep verifying until they expire.
+//!
+//! Rotation (`mesh-auth rotate-key`, or a new `AUTH_SIGNING_KEY_PEM`) makes a new key
+//! active and stamps the old one's `last_signed_at`. Every replica re-reads the active
+//! key every `AUTH_SIGNING_KEY_RELOAD_SECS` ([`KeyRing::maintain`]) and, while it still
+//! holds a key that is no longer active, stamps that key again: so a key stays published
+//! until `AUTH_ACCESS_TOKEN_TTL_SECS` + `AUTH_SIGNING_KEY_GRACE_SECS` after the last
+//! replica stopped signing with it, then leaves the JWKS (and is marked retired). The
+//! gateway fetches the JWKS on an unknown `kid`, so new tokens verify at once, and drops
+//! the old key at its next periodic refresh.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +26,8 @@ use rand::rngs::OsRng;
 use runtime::db::{Database, to_micros};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -209,10 +220,14 @@ async fn insert_if_no_active(db: &Database, key: &NewKey) -> Result<(), KeyError
 async fn install_override(db: &Database, key: &NewKey) -> Result<(), KeyError> {
     let now = to_micros(jiff::Timestamp::now());
     let mut tx = db.begin_write().await?;
-    sqlx::query("UPDATE signing_keys SET active_slot = NULL WHERE active_slot = 1 AND kid <> $1")
-        .bind(&key.kid)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE signing_keys SET active_slot = NULL, last_signed_at = $2 \
+         WHERE active_slot = 1 AND kid <> $1",
+    )
+    .bind(&key.kid)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO signing_keys (kid, private_key, public_key, active_slot, created_at) \
          VALUES ($1, $2, $3, 1, $4) \
@@ -228,12 +243,16 @@ async fn install_override(db: &Database, key: &NewKey) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Every key not retired, newest first: the JWKS relying parties verify with.
-pub async fn published(db: &Database) -> Result<Jwks, sqlx::Error> {
+/// The keys relying parties verify with, newest first: the active key, and every other
+/// key that signed a token within `keep` (the access-token lifetime plus a grace) and is
+/// not retired.
+pub async fn published(db: &Database, keep: Duration) -> Result<Jwks, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT kid, public_key FROM signing_keys WHERE retired_at IS NULL \
+         AND (active_slot = 1 OR last_signed_at IS NULL OR last_signed_at > $1) \
          ORDER BY created_at DESC, kid",
     )
+    .bind(cutoff(keep))
     .fetch_all(&db.pool)
     .await?;
     let mut keys = Vec::with_capacity(rows.len());
@@ -243,6 +262,156 @@ pub async fn published(db: &Database) -> Result<Jwks, sqlx::Error> {
         keys.push(jwk(&kid, &public));
     }
     Ok(Jwks { keys })
+}
+
+/// Microseconds of now minus `keep`.
+fn cutoff(keep: Duration) -> i64 {
+    let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+    to_micros(jiff::Timestamp::now()).saturating_sub(keep)
+}
+
+/// The outcome of [`rotate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The new active key.
+    pub kid: String,
+    /// The key it replaced (still published until its tokens have expired).
+    pub previous: Option<String>,
+}
+
+/// Generates a new key and makes it the active one; the previous active key is demoted
+/// (still published, stamped as signing until now). Running replicas switch at their
+/// next reload.
+pub async fn rotate(db: &Database) -> Result<Rotation, KeyError> {
+    let new = NewKey::from_signing_key(&SigningKey::generate(&mut OsRng))?;
+    let now = to_micros(jiff::Timestamp::now());
+    let mut tx = db.begin_write().await?;
+    let previous = sqlx::query(
+        "UPDATE signing_keys SET active_slot = NULL, last_signed_at = $1 \
+         WHERE active_slot = 1 RETURNING kid",
+    )
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|row| row.try_get::<String, _>("kid"))
+    .transpose()?;
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, private_key, public_key, active_slot, created_at) \
+         VALUES ($1, $2, $3, 1, $4)",
+    )
+    .bind(&new.kid)
+    .bind(&new.private_der)
+    .bind(&new.public)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(kid = %new.kid, previous = ?previous, "signing key rotated");
+    Ok(Rotation {
+        kid: new.kid,
+        previous,
+    })
+}
+
+/// The key this replica signs with, kept current by [`KeyRing::maintain`].
+#[derive(Clone)]
+pub struct KeyRing {
+    db: Database,
+    current: Arc<RwLock<ActiveKey>>,
+    /// Signing with `AUTH_SIGNING_KEY_PEM`: the key never changes at run time.
+    pinned: bool,
+    /// How long a key that stopped signing stays published.
+    keep: Duration,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("current", &self.current().kid)
+            .field("pinned", &self.pinned)
+            .field("keep", &self.keep)
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// Bootstraps the key ([`ensure_active_key`]) and holds it. `keep` is how long a key
+    /// stays published after it last signed (access-token lifetime plus a grace).
+    pub async fn start(db: Database, pem: Option<&str>, keep: Duration) -> Result<Self, KeyError> {
+        let key = ensure_active_key(&db, pem).await?;
+        Ok(KeyRing {
+            db,
+            current: Arc::new(RwLock::new(key)),
+            pinned: pem.is_some(),
+            keep,
+        })
+    }
+
+    /// The key to sign with now.
+    pub fn current(&self) -> ActiveKey {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The JWKS as published now.
+    pub async fn published(&self) -> Result<Jwks, sqlx::Error> {
+        published(&self.db, self.keep).await
+    }
+
+    /// One round of upkeep: switch to the stored active key (unless pinned to a PEM);
+    /// keep the key this replica signed with published if it is no longer the active
+    /// one; start the clock for demoted keys that never got a stamp; mark keys past
+    /// their publishing window retired.
+    pub async fn maintain(&self) -> Result<(), KeyError> {
+        let held = self.current();
+        if !self.pinned
+            && let Some(active) = load_active(&self.db).await?
+            && active.kid != held.kid
+        {
+            tracing::info!(kid = %active.kid, previous = %held.kid, "now signing with the rotated key");
+            match self.current.write() {
+                Ok(mut k) => *k = active,
+                Err(poisoned) => *poisoned.into_inner() = active,
+            }
+        }
+        let now = to_micros(jiff::Timestamp::now());
+        let mut tx = self.db.begin_write().await?;
+        // Until this moment tokens may have been signed with `held`.
+        sqlx::query(
+            "UPDATE signing_keys SET last_signed_at = $1, retired_at = NULL \
+             WHERE kid = $2 AND active_slot IS NULL",
+        )
+        .bind(now)
+        .bind(&held.kid)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE signing_keys SET last_signed_at = $1 \
+             WHERE active_slot IS NULL AND last_signed_at IS NULL AND retired_at IS NULL",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let retired = sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1 \
+             WHERE active_slot IS NULL AND retired_at IS NULL AND last_signed_at <= $2",
+        )
+        .bind(now)
+        .bind(cutoff(self.keep))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if retired > 0 {
+            tracing::info!(
+                retired,
+                "signing keys retired: every token they signed has expired"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

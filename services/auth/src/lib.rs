@@ -13,11 +13,13 @@
 //! - [`config`]: [`Config`] from the environment.
 //! - [`domain`]: parsed inputs (`Email`, `Password`, `DisplayName`, `Channel`).
 //! - [`password`]: argon2id hashing off the async workers.
-//! - [`keys`]: the stored signing keys, token signing, the JWKS and a verify helper.
+//! - [`keys`]: the stored signing keys, their rotation, token signing, the JWKS and a
+//!   verify helper.
+//! - [`throttle`]: brute-force limits on login, per account and per client address.
 //! - [`handlers`]: the request/reply endpoints ([`handlers::account`]: verification and
 //!   password reset; [`handlers::preferences`]: preferences and unsubscribe).
 //! - [`startup`]: [`Application`], which wires it all and drains on shutdown.
-//! - [`cli`]: `mesh-auth promote <email>`.
+//! - [`cli`]: `mesh-auth promote <email>`, `mesh-auth rotate-key`.
 
 // `Problem` (about 130 bytes) is the error half of every reply: it goes straight back to
 // the caller, so boxing it would only add allocations and noise.
@@ -30,8 +32,9 @@ pub mod handlers;
 pub mod keys;
 pub mod password;
 pub mod startup;
+pub mod throttle;
 
-pub use cli::promote;
+pub use cli::{promote, rotate_key};
 pub use config::Config;
 pub use startup::{Application, StartupError, migrations};
 
@@ -42,16 +45,21 @@ pub enum Command {
     Serve,
     /// `promote <email>`: make an existing user an admin.
     Promote(String),
+    /// `rotate-key`: make a new signing key the active one.
+    RotateKey,
 }
 
 const USAGE: &str = "usage: mesh-auth                   run the service
-       mesh-auth promote <email>   make an existing user an admin";
+       mesh-auth promote <email>   make an existing user an admin
+       mesh-auth rotate-key        sign new tokens with a new key (the old one stays
+                                   published until the tokens it signed have expired)";
 
 /// Parses the binary's arguments (without the program name).
 pub fn parse_args(args: &[String]) -> Result<Command, String> {
     match args {
         [] => Ok(Command::Serve),
         [cmd, email] if cmd == "promote" => Ok(Command::Promote(email.clone())),
+        [cmd] if cmd == "rotate-key" => Ok(Command::RotateKey),
         _ => Err(USAGE.to_owned()),
     }
 }
@@ -69,6 +77,8 @@ mod tests {
             Ok(Command::Promote("a@b.c".into()))
         );
         assert!(parse_args(&args(&["promote"])).is_err());
+        assert_eq!(parse_args(&args(&["rotate-key"])), Ok(Command::RotateKey));
+        assert!(parse_args(&args(&["rotate-key", "now"])).is_err());
         assert!(parse_args(&args(&["serve", "x", "y"])).is_err());
     }
 }

@@ -20,6 +20,20 @@ async fn main() -> anyhow::Result<()> {
             println!("{email} is now an admin");
             Ok(())
         }
+        Command::RotateKey => {
+            let pem = runtime::config::var("AUTH_SIGNING_KEY_PEM").is_some();
+            let rotation = auth::rotate_key(&auth::config::database_url(), pem)
+                .await
+                .context("Failed to rotate the signing key")?;
+            println!("signing key {} is now active", rotation.kid);
+            if let Some(previous) = rotation.previous {
+                println!(
+                    "the previous key {previous} stays in the JWKS until the tokens it signed \
+                     have expired (AUTH_ACCESS_TOKEN_TTL_SECS + AUTH_SIGNING_KEY_GRACE_SECS)"
+                );
+            }
+            Ok(())
+        }
         Command::Serve => {
             let config = Config::from_env().context("Failed to read configuration")?;
             let app = Application::build(config)

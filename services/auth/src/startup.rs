@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::handlers::{AuthState, endpoints};
-use crate::keys::{self, KeyError};
+use crate::keys::{KeyError, KeyRing};
 use crate::password::{Hasher, PasswordError};
+use crate::throttle::LoginThrottle;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -67,6 +68,8 @@ pub struct Application {
     rpc_cancel: CancellationToken,
     relay_cancel: CancellationToken,
     http_cancel: CancellationToken,
+    upkeep_cancel: CancellationToken,
+    upkeep: JoinHandle<()>,
     rpc: JoinHandle<()>,
     relay: Option<JoinHandle<()>>,
     http: JoinHandle<std::io::Result<()>>,
@@ -96,11 +99,16 @@ impl Application {
         if config.common.provision {
             runtime::nats::provision_streams(&js, &[contracts::subjects::AUTH_STREAM]).await?;
         }
-        let key = keys::ensure_active_key(&db, config.signing_key_pem.as_deref()).await?;
+        let keys = KeyRing::start(
+            db.clone(),
+            config.signing_key_pem.as_deref(),
+            config.signing_key_keep(),
+        )
+        .await?;
         let hasher = Hasher::new().await?;
 
         let waker = RelayWaker::default();
-        let state = AuthState::new(db.clone(), hasher, key, waker.clone(), &config);
+        let state = AuthState::new(db.clone(), hasher, keys.clone(), waker.clone(), &config);
         let rpc_cancel = CancellationToken::new();
         let spec = ServiceSpec {
             name: contracts::subjects::auth::SERVICE,
@@ -113,6 +121,13 @@ impl Application {
         let rpc = runtime::rpc::serve(client.clone(), spec, rpc_cancel.clone()).await?;
 
         // Started after the last fallible step, so a failed build leaves no task behind.
+        let upkeep_cancel = CancellationToken::new();
+        let upkeep = tokio::spawn(upkeep(
+            keys,
+            LoginThrottle::new(db.clone(), config.login_throttle),
+            config.signing_key_reload,
+            upkeep_cancel.clone(),
+        ));
         // Its first round publishes whatever earlier runs (or early requests) committed.
         let relay_cancel = CancellationToken::new();
         let relay = if config.outbox_relay {
@@ -142,6 +157,8 @@ impl Application {
             rpc_cancel,
             relay_cancel,
             http_cancel,
+            upkeep_cancel,
+            upkeep,
             rpc,
             relay,
             http,
@@ -168,6 +185,8 @@ impl Application {
             rpc_cancel,
             relay_cancel,
             http_cancel,
+            upkeep_cancel,
+            upkeep,
             rpc,
             relay,
             mut http,
@@ -180,6 +199,8 @@ impl Application {
         };
         rpc_cancel.cancel();
         rpc.await?;
+        upkeep_cancel.cancel();
+        upkeep.await?;
         relay_cancel.cancel();
         if let Some(relay) = relay {
             // The relay may be stuck retrying an unreachable NATS; do not wait forever.
@@ -198,5 +219,36 @@ impl Application {
         db.pool.close().await;
         tracing::info!("auth service stopped");
         http_result.map_err(StartupError::Http)
+    }
+}
+
+/// How often idle login-throttle rows are deleted.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Background upkeep until `cancel`: the signing keys every `reload` (see
+/// [`KeyRing::maintain`]) and, about once a minute, the login counters nobody needs.
+async fn upkeep(
+    keys: KeyRing,
+    throttle: LoginThrottle,
+    reload: Duration,
+    cancel: CancellationToken,
+) {
+    let mut forgot_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(reload) => {}
+        }
+        if let Err(e) = keys.maintain().await {
+            tracing::warn!(error = %e, "signing key upkeep failed; retrying");
+        }
+        if forgot_at.elapsed() >= FORGET_IDLE_EVERY {
+            forgot_at = tokio::time::Instant::now();
+            match throttle.forget_idle().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "idle login counters forgotten"),
+                Err(e) => tracing::warn!(error = %e, "cannot forget idle login counters"),
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ use runtime::ConfigError;
 use runtime::config::{self, CommonConfig};
 
 use crate::catalog::RoutePrefixes;
+use crate::client_addr::TrustedProxies;
 
 /// Where the gateway listens when `HTTP_ADDR` is unset.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
@@ -46,6 +47,12 @@ pub struct Config {
     /// browser (`*` for any). Empty (the default) sends no CORS headers at all, so
     /// browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
+    /// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses and CIDR networks of the
+    /// reverse proxies in front of the gateway (`10.0.0.0/8, ::1`). Only a request whose
+    /// peer is one of them has its `X-Forwarded-For` read, for the client address that
+    /// per-address rate limits and login throttling count against. Empty (the default):
+    /// the header is ignored and the peer is the client.
+    pub trusted_proxies: TrustedProxies,
     /// `GATEWAY_IDEMPOTENCY_TTL_SECS` (default 86400): how long an `Idempotency-Key` and
     /// its stored response are kept (the bucket's max age).
     pub idempotency_ttl: Duration,
@@ -109,6 +116,7 @@ impl Config {
             rate_limit_ip_per_sec: nz(50),
             rate_limit_ip_burst: nz(500),
             cors_origins: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_abandon_after: Duration::from_secs(60),
             sse_ticket_ttl: Duration::from_secs(60),
@@ -154,6 +162,14 @@ impl Config {
             cors_origins: config::var("GATEWAY_CORS_ORIGINS")
                 .map(|v| parse_list(&v))
                 .unwrap_or_default(),
+            trusted_proxies: match config::var("GATEWAY_TRUSTED_PROXIES") {
+                None => d.trusted_proxies,
+                Some(v) => TrustedProxies::parse(&v).map_err(|reason| ConfigError::Invalid {
+                    name: "GATEWAY_TRUSTED_PROXIES".to_owned(),
+                    value: v.clone(),
+                    reason,
+                })?,
+            },
             idempotency_ttl: config::secs(
                 "GATEWAY_IDEMPOTENCY_TTL_SECS",
                 d.idempotency_ttl.as_secs(),

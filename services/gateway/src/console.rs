@@ -144,10 +144,10 @@ impl Console {
     async fn login(&self, request: Request) -> Result<Response, ApiError> {
         let (parts, body) = request.into_parts();
         let gateway = &self.gateway;
-        // Public, like `/v1/auth/login`: limited per client address.
-        gateway
-            .limits
-            .check(RateKey::Ip(proxy::client_ip(&parts)))?;
+        // Public, like `/v1/auth/login`: limited per client address (and auth throttles
+        // failed logins per address with the same one).
+        let client_ip = gateway.client_ip(&parts);
+        gateway.limits.check(RateKey::Ip(client_ip))?;
         proxy::require_json(&parts.headers)?;
         let raw = proxy::read_body(&parts.headers, body, gateway.max_body_bytes).await?;
         let credentials: LoginRequest = serde_json::from_slice(&raw).map_err(|e| {
@@ -162,8 +162,9 @@ impl Console {
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let payload = contracts::wire::encode(&RpcRequest::new(credentials))
-            .map_err(|e| ApiError::internal("cannot encode the login request", e))?;
+        let payload =
+            contracts::wire::encode(&RpcRequest::new(credentials).with_client_ip(client_ip))
+                .map_err(|e| ApiError::internal("cannot encode the login request", e))?;
         let reply: RpcReply<TokenResponse> = gateway
             .request(auth::RPC_LOGIN, payload.into(), request_id.as_deref())
             .await?;

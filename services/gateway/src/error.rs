@@ -117,9 +117,9 @@ impl ApiError {
                 problem.with_detail(format!("the body may be at most {limit} bytes"))
             }
             ApiError::Unauthorized(detail) => problem.with_detail(*detail),
-            ApiError::RateLimited { retry_after_secs } => {
-                problem.with_detail(format!("retry after {retry_after_secs} s"))
-            }
+            ApiError::RateLimited { retry_after_secs } => problem
+                .with_detail(format!("retry after {retry_after_secs} s"))
+                .with_retry_after(*retry_after_secs),
             ApiError::ServiceUnavailable(detail) => problem.with_detail(*detail),
             ApiError::CsrfRejected => problem.with_detail("CSRF token missing or wrong"),
             ApiError::RouteNotFound
@@ -152,6 +152,13 @@ impl ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(SERVICE_UNAVAILABLE_RETRY_AFTER_SECS),
                 );
+            }
+            // A service's 429 (auth's login throttling) says how long to wait.
+            ApiError::Upstream(Problem {
+                retry_after: Some(secs),
+                ..
+            }) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
             _ => {}
         }
@@ -353,6 +360,11 @@ mod tests {
             retry_after_secs: 3,
         });
         assert_eq!(h[header::RETRY_AFTER], "3");
+        let (_, body, h) = status_and_code(ApiError::Upstream(
+            Problem::new(ErrorCode::LoginThrottled).with_retry_after(42),
+        ));
+        assert_eq!(h[header::RETRY_AFTER], "42");
+        assert_eq!(body["retry_after"], 42);
         let (_, _, h) = status_and_code(ApiError::MethodNotAllowed {
             allow: vec![Method::GET, Method::PATCH],
         });

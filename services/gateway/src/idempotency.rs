@@ -100,6 +100,9 @@ pub struct StoredResponse {
     /// The body exactly as sent (JSON text, or empty).
     #[serde(default)]
     pub body: String,
+    /// The `Retry-After` seconds of a problem that carried them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +357,7 @@ mod tests {
                 status: 201,
                 content_type: Some("application/json".into()),
                 body: "{\"a\":1}".into(),
+                retry_after: None,
             },
         };
         let bytes = serde_json::to_vec(&r).expect("encode");

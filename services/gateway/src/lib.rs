@@ -8,6 +8,8 @@
 //!   declare in their NATS discovery metadata (`$SRV.INFO`), refreshed periodically and
 //!   when a request matches nothing, remembered in the shared bucket `gateway_routes`;
 //! - [`auth`]: the JWKS cache and token checks; [`ratelimit`]: per-user and per-IP limits;
+//!   [`client_addr`]: the client's address (the peer, or `X-Forwarded-For` from a
+//!   trusted proxy);
 //! - [`idempotency`]: records in the shared JetStream KV bucket `gateway_idempotency`;
 //! - [`stream`]: the live notification stream (Server-Sent Events fed by a core-NATS
 //!   subscription per stream) and [`tickets`], the single-use tickets in the shared
@@ -27,6 +29,7 @@
 pub mod auth;
 pub mod cache;
 pub mod catalog;
+pub mod client_addr;
 pub mod config;
 pub mod console;
 pub mod discovery;
@@ -147,6 +150,7 @@ impl Application {
             )),
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
+            trusted_proxies: config.trusted_proxies.clone(),
         });
 
         let idem = gateway.idempotency.clone();

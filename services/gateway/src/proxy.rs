@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::auth::KeyStore;
 use crate::cache::{ResponseCache, X_CACHE};
+use crate::client_addr::TrustedProxies;
 use crate::console;
 use crate::discovery::Directory;
 use crate::error::{ApiError, PROBLEM_JSON};
@@ -49,6 +50,8 @@ pub struct Gateway {
     pub cache: Arc<ResponseCache>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Whose `X-Forwarded-For` names the client (see [`crate::client_addr`]).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -94,9 +97,10 @@ impl Gateway {
         span.record("otel.name", format!("{} {}", route.method, route.path));
 
         let caller = self.authenticate(route, &parts).await?;
+        let client_ip = self.client_ip(&parts);
         let scope = match &caller {
             Some(Caller { user_id, .. }) => RateKey::User(*user_id),
-            None => RateKey::Ip(client_ip(&parts)),
+            None => RateKey::Ip(client_ip),
         };
         self.limits.check(scope)?;
 
@@ -138,6 +142,7 @@ impl Gateway {
             caller,
             params,
             query,
+            client_ip: Some(client_ip),
             body,
         };
         let payload = contracts::wire::encode(&rpc)
@@ -310,6 +315,7 @@ fn stored_from_reply(reply: RpcReply<Value>) -> Result<StoredResponse, ApiError>
                     status: status.as_u16(),
                     content_type: None,
                     body: String::new(),
+                    retry_after: None,
                 });
             }
             let body = serde_json::to_string(&body)
@@ -318,6 +324,7 @@ fn stored_from_reply(reply: RpcReply<Value>) -> Result<StoredResponse, ApiError>
                 status: status.as_u16(),
                 content_type: Some("application/json".to_owned()),
                 body,
+                retry_after: None,
             })
         }
         RpcReply::Err(problem) => {
@@ -333,6 +340,7 @@ fn stored_from_reply(reply: RpcReply<Value>) -> Result<StoredResponse, ApiError>
                 status: problem.status,
                 content_type: Some(PROBLEM_JSON.to_owned()),
                 body,
+                retry_after: problem.retry_after,
             })
         }
     }
@@ -348,6 +356,9 @@ fn respond(stored: StoredResponse, replayed: bool) -> Response {
         .and_then(|ct| HeaderValue::from_str(&ct).ok())
     {
         headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(secs) = stored.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if replayed {
         headers.insert(
@@ -366,14 +377,18 @@ fn with_cache_header(mut response: Response, value: &'static str) -> Response {
     response
 }
 
-/// The peer address (set by `into_make_service_with_connect_info`); unspecified when the
-/// router runs without a socket (in-process tests).
-pub(crate) fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+impl Gateway {
+    /// The client's address: the peer (set by `into_make_service_with_connect_info`;
+    /// unspecified when the router runs without a socket), or what a trusted proxy
+    /// reports in `X-Forwarded-For`.
+    pub(crate) fn client_ip(&self, parts: &Parts) -> IpAddr {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        self.trusted_proxies.client_ip(peer, &parts.headers)
+    }
 }
 
 /// Query parameters; the last value of a repeated key wins.

@@ -53,6 +53,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// Too many requests from this caller; retry after the `Retry-After` header (429).
     RateLimited,
+    /// Too many failed logins for this account or from this address: logins are refused
+    /// until the `Retry-After` header's seconds have passed. Answered alike for unknown
+    /// and existing accounts, so it does not reveal who has one (429).
+    LoginThrottled,
     /// The owning service has no instance answering right now (503).
     ServiceUnavailable,
     /// The owning service did not answer within the gateway's deadline (504).
@@ -80,7 +84,7 @@ impl ErrorCode {
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             ValidationFailed | TimeZoneMismatch | IdempotencyKeyReused => 422,
-            RateLimited => 429,
+            RateLimited | LoginThrottled => 429,
             Internal => 500,
             ServiceUnavailable => 503,
             Timeout => 504,
@@ -112,6 +116,7 @@ impl ErrorCode {
             PayloadTooLarge => "Payload too large",
             UnsupportedMediaType => "Unsupported media type",
             RateLimited => "Too many requests",
+            LoginThrottled => "Too many failed logins",
             ServiceUnavailable => "Service unavailable",
             Timeout => "Upstream timeout",
             Internal => "Internal error",
@@ -143,6 +148,7 @@ impl ErrorCode {
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RateLimited => "rate_limited",
+            LoginThrottled => "login_throttled",
             ServiceUnavailable => "service_unavailable",
             Timeout => "timeout",
             Internal => "internal",
@@ -172,6 +178,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
+        ErrorCode::LoginThrottled,
         ErrorCode::ServiceUnavailable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
@@ -208,6 +215,10 @@ pub struct Problem {
     /// Trace id of the request, for support.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Seconds to wait before trying again (429, 503); the gateway also sends them as the
+    /// `Retry-After` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -220,7 +231,15 @@ impl Problem {
             detail: None,
             errors: Vec::new(),
             trace_id: None,
+            retry_after: None,
         }
+    }
+
+    /// Sets the seconds to wait before retrying (at least 1: `Retry-After: 0` would
+    /// invite an immediate retry that is refused again).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {

@@ -6,6 +6,7 @@
 //! field validation happens where the contract lives.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -59,6 +60,12 @@ pub struct RpcRequest<B> {
     /// Query parameters (the last value wins for repeated keys).
     #[serde(default)]
     pub query: BTreeMap<String, String>,
+    /// The client's address as the gateway determined it: the connection's peer, or the
+    /// `X-Forwarded-For` hop a trusted proxy reported (`GATEWAY_TRUSTED_PROXIES`). Auth
+    /// limits failed logins per address with it; absent when the caller is not the
+    /// gateway (tests, tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
     pub body: B,
 }
 
@@ -68,6 +75,7 @@ impl<B> RpcRequest<B> {
             caller: None,
             params: BTreeMap::new(),
             query: BTreeMap::new(),
+            client_ip: None,
             body,
         }
     }
@@ -84,6 +92,11 @@ impl<B> RpcRequest<B> {
 
     pub fn with_query(mut self, name: &str, value: impl Into<String>) -> Self {
         self.query.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn with_client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
         self
     }
 }

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use contracts::api::{CreateEventRequest, Preferences, RsvpRequest};
+use contracts::api::{CreateEventRequest, LoginRequest, Preferences, RsvpRequest};
 use contracts::events::{
     EventCancelledV1, EventCreatedV1, EventMeta, EventSnapshot, EventStatus, EventUpdatedV1,
     KNOWN_EVENTS, PasswordResetRequestedV1, PreferencesChangedV1, RsvpAnswer, RsvpChangedV1,
@@ -412,6 +412,7 @@ fn rpc_request_v1() {
             }),
             params: Default::default(),
             query: Default::default(),
+            client_ip: None,
             body: CreateEventRequest {
                 title: "Rust meetup".into(),
                 description: String::new(),
@@ -430,6 +431,16 @@ fn rpc_request_v1() {
         })
         .with_param("id", id(10).to_string()),
     );
+    // The client address the gateway adds (an optional field: the files above, written
+    // before it existed, still decode and encode byte for byte).
+    check(
+        "rpc.request.login.v1.client_ip",
+        &RpcRequest::new(LoginRequest {
+            email: "ada@example.com".into(),
+            password: "correct horse".into(),
+        })
+        .with_client_ip(std::net::IpAddr::from([203, 0, 113, 7])),
+    );
 }
 
 #[test]
@@ -438,6 +449,14 @@ fn rpc_reply_v1() {
         "rpc.reply.problem.v1",
         &RpcReply::<()>::Err(
             Problem::new(ErrorCode::EventFull).with_detail("all 40 seats are taken"),
+        ),
+    );
+    check(
+        "rpc.reply.problem.v1.retry_after",
+        &RpcReply::<()>::Err(
+            Problem::new(ErrorCode::LoginThrottled)
+                .with_detail("too many failed logins")
+                .with_retry_after(60),
         ),
     );
     check(

@@ -32,12 +32,41 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
 }
 
 /// The migrations of one service, per backend.
 pub struct Migrations {
     pub sqlite: &'static Migrator,
     pub postgres: &'static Migrator,
+}
+
+/// How long database calls may wait, from the environment:
+///
+/// - `DATABASE_ACQUIRE_TIMEOUT_MS`: waiting for a pooled connection (default 30000 on
+///   SQLite, where writers queue for the one write lock, 10000 on PostgreSQL);
+/// - `DATABASE_STATEMENT_TIMEOUT_MS` (PostgreSQL): one statement's run time, enforced by
+///   the server (`statement_timeout`; default 30000, 0 turns it off). SQLite has no such
+///   limit; its writers wait at most 30 s for the write lock (`busy_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbTimeouts {
+    pub acquire: Duration,
+    pub statement: Duration,
+}
+
+impl DbTimeouts {
+    /// The settings for `backend`.
+    pub fn from_env(backend: Backend) -> Result<DbTimeouts, crate::ConfigError> {
+        let default_acquire = match backend {
+            Backend::Sqlite => 30_000,
+            Backend::Postgres => 10_000,
+        };
+        Ok(DbTimeouts {
+            acquire: crate::config::millis("DATABASE_ACQUIRE_TIMEOUT_MS", default_acquire)?,
+            statement: crate::config::millis("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)?,
+        })
+    }
 }
 
 /// A connection pool and the backend it talks to.
@@ -57,22 +86,27 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects and runs the service's migrations.
+    /// Connects and runs the service's migrations, with the timeouts from the
+    /// environment ([`DbTimeouts::from_env`]).
     pub async fn connect(url: &str, migrations: &Migrations) -> Result<Self, DbError> {
+        let timeouts = DbTimeouts::from_env(backend_of(url)?)?;
+        Self::connect_with(url, migrations, timeouts).await
+    }
+
+    /// [`Database::connect`] with the given timeouts.
+    pub async fn connect_with(
+        url: &str,
+        migrations: &Migrations,
+        timeouts: DbTimeouts,
+    ) -> Result<Self, DbError> {
         install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(DbError::Scheme(url.to_owned()));
-        };
+        let backend = backend_of(url)?;
         let (pool, writer) = match backend {
             Backend::Sqlite => {
                 let url = sqlite_url(url)?;
                 // The writer first: it creates the file and switches it to WAL before
                 // the readers open it.
-                let writer = sqlite_pool(1)
+                let writer = sqlite_pool(1, timeouts.acquire)
                     .connect(&url)
                     .await
                     .map_err(DbError::Connect)?;
@@ -81,7 +115,7 @@ impl Database {
                     // Every connection to :memory: is a database of its own.
                     (writer.clone(), writer)
                 } else {
-                    let pool = sqlite_pool(8)
+                    let pool = sqlite_pool(8, timeouts.acquire)
                         .connect(&url)
                         .await
                         .map_err(DbError::Connect)?;
@@ -89,9 +123,20 @@ impl Database {
                 }
             }
             Backend::Postgres => {
+                let statement_ms = timeouts.statement.as_millis();
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(timeouts.acquire)
+                    .after_connect(move |conn, _meta| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            // A query stuck on a lock or a bad plan fails instead of
+                            // holding its connection (and its caller) forever; 0 = off.
+                            let set = format!("SET statement_timeout = {statement_ms}");
+                            conn.execute(sqlx::AssertSqlSafe(set)).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await
                     .map_err(DbError::Connect)?;
@@ -133,10 +178,10 @@ impl Database {
 
 /// Pool options for one SQLite file: WAL lets readers run beside the one writer;
 /// the busy timeout makes a writer of another process queue instead of failing.
-fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
+fn sqlite_pool(max_connections: u32, acquire_timeout: Duration) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(acquire_timeout)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 use sqlx::Executor;
@@ -147,6 +192,17 @@ fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
                 Ok(())
             })
         })
+}
+
+/// The backend a `DATABASE_URL` names.
+fn backend_of(url: &str) -> Result<Backend, DbError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(DbError::Scheme(url.to_owned()))
+    }
 }
 
 /// Makes sure the SQLite file's folder exists and the file is created on first use.

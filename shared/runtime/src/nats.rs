@@ -9,6 +9,8 @@ use crate::config::CommonConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -29,17 +31,28 @@ pub enum NatsError {
     },
 }
 
+/// The default of `NATS_REQUEST_TIMEOUT_MS`.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
 /// Connects with the service's name, retrying the first connect in the background so a
 /// service can start (and serve `/healthz`) while NATS is still down; requests and
 /// publishes wait for the connection.
+///
+/// Every request on the connection that sets no deadline of its own (JetStream API
+/// calls, KV operations) gives up after `NATS_REQUEST_TIMEOUT_MS` (default 10000);
+/// JetStream publish acks wait at most 5 s (the client's default); the gateway's
+/// requests to services use `GATEWAY_REQUEST_TIMEOUT_MS`.
 pub async fn connect(
     config: &CommonConfig,
     service: &str,
 ) -> Result<async_nats::Client, NatsError> {
+    let request_timeout =
+        crate::config::millis("NATS_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT_MS)?;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("mesh-{service}"))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(request_timeout.max(Duration::from_millis(1))))
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("NATS connected"),

@@ -146,7 +146,8 @@ pub async fn request_password_reset(
 
 /// Sets a new password with a reset token. In one transaction: the token is spent, the
 /// password replaced, every refresh token of the user revoked (whoever held the old
-/// password is signed out), and the email counts as verified (the mail was read).
+/// password is signed out), the email counts as verified (the mail was read), and the
+/// account's failed-login count is cleared.
 #[tracing::instrument(skip_all)]
 pub async fn confirm_password_reset(
     state: &AuthState,
@@ -211,16 +212,22 @@ pub async fn confirm_password_reset(
     .map_err(internal)?
     .ok_or_else(invalid)?;
     let user_id: String = spent.try_get("user_id").map_err(internal)?;
-    sqlx::query(
+    let email: String = sqlx::query(
         "UPDATE users SET password_hash = $1, version = version + 1, \
-         email_verified_at = COALESCE(email_verified_at, $2) WHERE id = $3",
+         email_verified_at = COALESCE(email_verified_at, $2) WHERE id = $3 RETURNING email",
     )
     .bind(&password_hash)
     .bind(now)
     .bind(&user_id)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
+    .map_err(internal)?
+    .try_get("email")
     .map_err(internal)?;
+    // Whoever read the mail owns the account: a lockout of its logins ends here.
+    crate::throttle::clear_account(&mut *tx, &email)
+        .await
+        .map_err(internal)?;
     let revoked = sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
     )

@@ -44,6 +44,9 @@ pub fn config(nats_url: &str, database_url: &str, relay: bool) -> Config {
         reset_ttl: Duration::from_secs(1800),
         admin_emails: vec![ADMIN_EMAIL.to_owned()],
         signing_key_pem: None,
+        signing_key_reload: Duration::from_secs(10),
+        signing_key_grace: Duration::from_secs(60),
+        login_throttle: auth::throttle::ThrottlePolicy::default(),
     }
 }
 
@@ -97,10 +100,20 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, relay: bool) -> Result<TestApp> {
+        Self::spawn_configured(backend, |c| c.outbox_relay = relay).await
+    }
+
+    /// The service with the test defaults changed by `adjust`.
+    pub async fn spawn_configured(
+        backend: Backend,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Result<TestApp> {
         integration::init_in_process_logs("auth-test");
         let nats = NatsServer::start().await?;
         let db = TestDb::create(backend).await?;
-        let service = Running::start(config(&nats.url(), db.url(), relay)).await?;
+        let mut config = config(&nats.url(), db.url(), true);
+        adjust(&mut config);
+        let service = Running::start(config).await?;
         let client = nats.client().await?;
         let js = jetstream::new(client.clone());
         Ok(TestApp {

@@ -37,6 +37,8 @@ macro_rules! both_backends {
     };
 }
 
+mod security;
+
 both_backends!(
     register_creates_the_user_and_publishes_one_event,
     duplicate_email_is_409_email_taken,
@@ -57,6 +59,9 @@ both_backends!(
     password_reset_for_an_unknown_email_is_accepted_silently,
     password_reset_replaces_the_password_once_and_signs_out,
 );
+
+/// How long a replaced signing key stays published, in the key tests.
+const KEEP: std::time::Duration = std::time::Duration::from_secs(960);
 
 fn ok<T: std::fmt::Debug>(reply: RpcReply<T>, status: u16) -> Result<T> {
     match reply {
@@ -402,7 +407,7 @@ async fn racing_key_bootstraps_leave_one_active_key(backend: Backend) -> Result<
         1,
         "replicas disagree on the active key: {kids:?}"
     );
-    let published = auth::keys::published(&db).await?;
+    let published = auth::keys::published(&db, KEEP).await?;
     assert_eq!(published.keys.len(), 1);
     assert_eq!(published.keys[0].kid, kids[0]);
     db.pool.close().await;
@@ -425,7 +430,7 @@ async fn a_pem_key_takes_over_and_the_old_key_stays_published(backend: Backend) 
         let active = auth::keys::ensure_active_key(&db, Some(pem.as_str())).await?;
         assert_eq!(active.kid(), kid);
     }
-    let published: Vec<String> = auth::keys::published(&db)
+    let published: Vec<String> = auth::keys::published(&db, KEEP)
         .await?
         .keys
         .into_iter()

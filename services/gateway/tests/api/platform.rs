@@ -121,6 +121,30 @@ async fn openapi_lists_every_route() {
     );
 }
 
+/// A browser's preflight for a cross-origin `POST /v1/events` from `origin`.
+async fn preflight(app: &crate::helpers::TestApp, origin: &str) -> reqwest::Response {
+    app.http
+        .request(reqwest::Method::OPTIONS, app.url("/v1/events"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, idempotency-key",
+        )
+        .send()
+        .await
+        .expect("send")
+}
+
+fn cors_headers(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect()
+}
+
 #[tokio::test]
 async fn cors_is_closed_unless_configured() {
     let closed = spawn_app().await;
@@ -131,30 +155,33 @@ async fn cors_is_closed_unless_configured() {
         .send()
         .await
         .expect("send");
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(cors_headers(&response).is_empty());
+    // By default a preflight gets no CORS header at all, so the browser refuses.
+    let refused = preflight(&closed, "https://app.example").await;
+    assert_eq!(cors_headers(&refused), Vec::<String>::new());
 
     let open = spawn_app_with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
-    let preflight = open
-        .http
-        .request(reqwest::Method::OPTIONS, open.url("/v1/events"))
-        .header("origin", "https://app.example")
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, idempotency-key",
-        )
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(
-        preflight.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
+    let allowed = preflight(&open, "https://app.example").await;
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let header = |name: &str| {
+        allowed
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    assert_eq!(header("access-control-allow-origin"), "https://app.example");
+    assert!(header("access-control-allow-methods").contains("post"));
+    for name in ["authorization", "content-type", "idempotency-key"] {
+        assert!(
+            header("access-control-allow-headers").contains(name),
+            "{name} not allowed"
+        );
+    }
+    // An origin that is not listed still gets no allowance.
+    let other = preflight(&open, "https://evil.example").await;
+    assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]

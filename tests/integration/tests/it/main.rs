@@ -9,6 +9,7 @@ mod foundation;
 mod hospital;
 mod permissions;
 mod resilience;
+mod security;
 mod subscribers;
 
 use std::future::Future;
