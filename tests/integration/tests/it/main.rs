@@ -5,6 +5,7 @@
 mod evolution;
 mod foundation;
 mod hospital;
+mod observability;
 mod permissions;
 mod resilience;
 mod subscribers;
