@@ -22,9 +22,13 @@ const WAIT: Duration = Duration::from_secs(45);
 /// The RSVP route as the gateway labels it.
 const RSVP_ROUTE: &str = "/v1/events/{id}/rsvp";
 
+/// Registers as an admin (through `AUTH_ADMIN_EMAILS`, see [`full_mesh`]).
+const ADMIN_EMAIL: &str = "observer@example.com";
+
 /// Every service, with its subscribers' retries kept slow enough for a loaded machine.
 fn full_mesh(backend: Backend, smtp: &SmtpServer) -> MeshBuilder {
     Mesh::builder(backend)
+        .with_env("auth", "AUTH_ADMIN_EMAILS", ADMIN_EMAIL)
         .with_service("email")
         .with_service("push")
         .with_service("hospital")
@@ -380,8 +384,69 @@ async fn metrics_after_a_journey(backend: Backend) -> Result<()> {
         names.extend(s.names());
     }
     dashboards_and_rules_use_only(&names)?;
+
+    // The same picture in a terminal: the real meshctl against the real admin API.
+    api.register(ADMIN_EMAIL, "observer password", "Observer")
+        .await?;
+    let admin = api.login(ADMIN_EMAIL, "observer password").await?;
+    let config = tempfile::tempdir()?;
+    let status_json = meshctl(&mesh, config.path(), &admin.access, &["status", "--json"])?;
+    let status: Value = serde_json::from_str(&status_json)
+        .with_context(|| format!("meshctl status --json: {status_json}"))?;
+    let outboxes = status["services"]["outboxes"]
+        .as_array()
+        .with_context(|| format!("no outboxes: {status}"))?;
+    let outbox_services: Vec<&str> = outboxes
+        .iter()
+        .filter_map(|o| o["service"].as_str())
+        .collect();
+    ensure!(
+        outbox_services == ["auth", "calendar"],
+        "outboxes reported: {status}"
+    );
+    ensure!(
+        outboxes
+            .iter()
+            .all(|o| o["backlog"] == 0 && o.get("error").is_none()),
+        "outboxes drained: {status}"
+    );
+    let text = meshctl(&mesh, config.path(), &admin.access, &["status"])?;
+    // (The gateway is the HTTP edge, not a NATS service: discovery does not list it.)
+    for expected in [
+        "calendar",
+        "hospital",
+        "email-calendar",
+        "push-calendar",
+        "OUTBOX",
+        "DLQ stream: 0 messages",
+        "status: ok",
+    ] {
+        ensure!(
+            text.contains(expected),
+            "meshctl status lacks {expected:?}:\n{text}"
+        );
+    }
     drop(journey);
     mesh.shutdown().await
+}
+
+/// Runs the meshctl binary against the mesh's gateway with `token`; its stdout.
+fn meshctl(mesh: &Mesh, config: &Path, token: &str, args: &[&str]) -> Result<String> {
+    let binary = integration::service_binary("meshctl")?;
+    let out = std::process::Command::new(binary)
+        .args(["--url", &mesh.gateway_url()])
+        .args(args)
+        .env("MESHCTL_CONFIG", config.join("credentials.json"))
+        .env("MESHCTL_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "meshctl {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
 }
 
 /// Every `mesh_…` name in the alert rules and the Grafana dashboards is a series the
