@@ -35,7 +35,9 @@ commands:
   compose-check
         validate compose/ without a container engine: docker-compose config, hadolint,
         Dockerfile binaries vs the workspace, compose env vs what each service reads,
-        nats.conf (installs Debian's docker-compose under CI=true, hadolint into .tools)
+        nats.conf, promtool on the Prometheus config and alert rules, the Grafana
+        dashboards (installs Debian's docker-compose and unpacks its prometheus package
+        for promtool under CI=true, hadolint into .tools)
 
 environment: NATS_SERVER_BIN (use this nats-server), MESH_NATS_PORT, TEST_DATABASE_URL,
              PYTHON (default python3), CARGO_TARGET_DIR
