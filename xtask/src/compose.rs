@@ -13,6 +13,12 @@
 //!    crates it depends on (shared/runtime).
 //! 5. `compose/nats/nats.conf` is accepted by nats-server (`-t`), and the shell scripts
 //!    parse (`bash -n`).
+//! 6. Monitoring: `promtool check config` on `compose/prometheus/prometheus.yml` and
+//!    `promtool check rules` on its alert rules (promtool from Debian's `prometheus`
+//!    package, unpacked into `.tools/prometheus` under CI=true; no daemon is installed),
+//!    and every Grafana dashboard parses and queries a provisioned datasource. That every
+//!    metric they name is exported is checked against a live scrape by the integration
+//!    test `observability::every_service_reports_the_journey_in_its_metrics`.
 //!
 //! The compose file is read as `docker-compose config` prints it (anchors and merges
 //! resolved, one key per line), so the checks see what compose would really apply.
@@ -30,6 +36,10 @@ const COMPOSE_FILE: &str = "compose/docker-compose.yml";
 const DOCKER_DIR: &str = "compose/docker";
 const HADOLINT_CONFIG: &str = "compose/docker/.hadolint.yaml";
 const NATS_CONFIG: &str = "compose/nats/nats.conf";
+const PROMETHEUS_CONFIG: &str = "compose/prometheus/prometheus.yml";
+const PROMETHEUS_RULES: &str = "compose/prometheus/rules.yml";
+const GRAFANA_DASHBOARDS: &str = "compose/grafana/dashboards";
+const GRAFANA_DATASOURCES: &str = "compose/grafana/provisioning/datasources/datasources.yml";
 const SHELL_SCRIPTS: [&str; 2] = [
     "compose/docker/healthz.sh",
     "compose/postgres/init-databases.sh",
@@ -49,7 +59,7 @@ pub fn check(root: &Path) -> Result<i32> {
         }
     };
 
-    println!("== compose-check 1/5: {COMPOSE_FILE} is valid (docker-compose config)");
+    println!("== compose-check 1/6: {COMPOSE_FILE} is valid (docker-compose config)");
     let compose = compose_config(root);
     let services = match &compose {
         Ok(text) => parse_compose_config(text),
@@ -57,10 +67,10 @@ pub fn check(root: &Path) -> Result<i32> {
     };
     note("compose file", compose.map(|_| ()));
 
-    println!("== compose-check 2/5: hadolint on {DOCKER_DIR}/*.Dockerfile");
+    println!("== compose-check 2/6: hadolint on {DOCKER_DIR}/*.Dockerfile");
     note("hadolint", hadolint(root));
 
-    println!("== compose-check 3/5: Dockerfiles build binaries the workspace has");
+    println!("== compose-check 3/6: Dockerfiles build binaries the workspace has");
     let packages = workspace(root);
     let (images, image_problems) = match (&packages, &dockerfiles(root)) {
         (Ok(packages), Ok(files)) => check_images(root, files, packages, services.as_deref().ok()),
@@ -68,18 +78,21 @@ pub fn check(root: &Path) -> Result<i32> {
     };
     note("binaries", problems_of(image_problems));
 
-    println!("== compose-check 4/5: compose sets only variables the services read");
+    println!("== compose-check 4/6: compose sets only variables the services read");
     let env = match (&services, &packages) {
         (Ok(services), Ok(packages)) => check_env(root, services, &images, packages),
         (Err(e), _) | (_, Err(e)) => Err(anyhow!("skipped: {e:#}")),
     };
     note("environment", env);
 
-    println!("== compose-check 5/5: nats.conf and shell scripts");
+    println!("== compose-check 5/6: nats.conf and shell scripts");
     note("nats.conf and scripts", check_configs(root));
 
+    println!("== compose-check 6/6: Prometheus config and alert rules, Grafana dashboards");
+    note("monitoring", check_monitoring(root));
+
     if failed.is_empty() {
-        println!("compose-check: all 5 checks passed");
+        println!("compose-check: all 6 checks passed");
         Ok(0)
     } else {
         println!("compose-check: FAILED: {}", failed.join(", "));
@@ -1093,6 +1106,145 @@ fn check_configs(root: &Path) -> Result<()> {
             bail!("{script} is not executable (chmod 755; the images and postgres run it)");
         }
         println!("bash -n {script}: parses; executable");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Prometheus and Grafana
+
+/// `promtool` from PATH, else from `.tools/prometheus` (Debian's `prometheus` package,
+/// downloaded and unpacked there under CI=true: installing it would start a Prometheus).
+fn ensure_promtool(root: &Path) -> Result<PathBuf> {
+    if on_path("promtool") {
+        return Ok(PathBuf::from("promtool"));
+    }
+    let dir = tools::tools_dir(root).join("prometheus");
+    let bin = dir.join("usr/bin/promtool");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    if !(ci() && sys::is_root() && on_path("apt-get") && on_path("dpkg-deb")) {
+        bail!(
+            "promtool is not installed; install Debian's package (`apt-get install \
+             --no-install-recommends prometheus`), or run as root with CI=true to have it \
+             unpacked into {}",
+            dir.display()
+        );
+    }
+    println!(
+        "unpacking Debian's prometheus package (for promtool) into {}",
+        dir.display()
+    );
+    crate::run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+    let download = dir.join("download");
+    std::fs::create_dir_all(&download)
+        .with_context(|| format!("Failed to create {}", download.display()))?;
+    crate::run_checked(Command::new("apt-get").current_dir(&download).args([
+        "download",
+        "-q",
+        "prometheus",
+    ]))?;
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension() == Some(OsStr::new("deb")))
+        .context("apt-get download prometheus left no .deb")?;
+    crate::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    let _ = std::fs::remove_dir_all(&download);
+    if !bin.is_file() {
+        bail!("the prometheus package has no {}", bin.display());
+    }
+    Ok(bin)
+}
+
+fn check_monitoring(root: &Path) -> Result<()> {
+    let promtool = ensure_promtool(root)?;
+    let version = Command::new(&promtool)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("Failed to run {}", promtool.display()))?;
+    println!(
+        "{}",
+        String::from_utf8_lossy(&version.stdout)
+            .lines()
+            .next()
+            .unwrap_or("promtool")
+    );
+    for (what, file) in [("config", PROMETHEUS_CONFIG), ("rules", PROMETHEUS_RULES)] {
+        let out = Command::new(&promtool)
+            .current_dir(root)
+            .args(["check", what, file])
+            .output()
+            .with_context(|| format!("Failed to run {}", promtool.display()))?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("promtool check {what} {file} failed:\n{said}");
+        }
+        println!(
+            "promtool check {what} {file}: {}",
+            said.trim().replace('\n', "; ")
+        );
+    }
+
+    let datasources = std::fs::read_to_string(root.join(GRAFANA_DATASOURCES))
+        .with_context(|| format!("Failed to read {GRAFANA_DATASOURCES}"))?;
+    let dir = root.join(GRAFANA_DASHBOARDS);
+    let mut dashboards: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("Failed to read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension() == Some(OsStr::new("json")))
+        .collect();
+    dashboards.sort();
+    if dashboards.is_empty() {
+        bail!("no dashboard in {GRAFANA_DASHBOARDS}");
+    }
+    for path in &dashboards {
+        let name = rel(root, path);
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("Failed to read {name}"))?;
+        let dashboard = json::parse(&text).with_context(|| format!("{name} is not JSON"))?;
+        let panels = dashboard
+            .get("panels")
+            .and_then(json::Value::as_array)
+            .with_context(|| format!("{name}: no panels"))?;
+        let mut queries = 0;
+        for panel in panels {
+            let Some(targets) = panel.get("targets").and_then(json::Value::as_array) else {
+                continue;
+            };
+            let title = panel
+                .get("title")
+                .and_then(json::Value::as_str)
+                .unwrap_or("?");
+            let uid = panel
+                .get("datasource")
+                .and_then(|d| d.get("uid"))
+                .and_then(json::Value::as_str)
+                .with_context(|| format!("{name}: panel {title:?} names no datasource uid"))?;
+            if !datasources.contains(&format!("uid: {uid}")) {
+                bail!(
+                    "{name}: panel {title:?} uses datasource {uid:?}, which {GRAFANA_DATASOURCES} does not provision"
+                );
+            }
+            for target in targets {
+                let expr = target
+                    .get("expr")
+                    .and_then(json::Value::as_str)
+                    .unwrap_or("");
+                if expr.trim().is_empty() {
+                    bail!("{name}: panel {title:?} has a target without a query");
+                }
+                queries += 1;
+            }
+        }
+        println!(
+            "{name}: {} panels, {queries} queries, datasources provisioned",
+            panels.len()
+        );
     }
     Ok(())
 }

@@ -37,7 +37,9 @@ commands:
   compose-check
         validate compose/ without a container engine: docker-compose config, hadolint,
         Dockerfile binaries vs the workspace, compose env vs what each service reads,
-        nats.conf (installs Debian's docker-compose under CI=true, hadolint into .tools)
+        nats.conf, promtool on the Prometheus config and alert rules, the Grafana
+        dashboards (installs Debian's docker-compose and unpacks its prometheus package
+        for promtool under CI=true, hadolint into .tools)
   deny  `cargo deny check bans licenses sources` against deny.toml, then `advisories`
         when the RustSec database can be fetched (skipped with a message otherwise);
         builds cargo-deny from crates.io into .tools/cargo the first time

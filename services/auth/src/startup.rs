@@ -114,7 +114,7 @@ impl Application {
             name: contracts::subjects::auth::SERVICE,
             version: env!("CARGO_PKG_VERSION"),
             description: "Accounts, passwords, access tokens and notification preferences",
-            endpoints: endpoints(state),
+            endpoints: with_outbox_stats(endpoints(state), &db),
             max_in_flight: MAX_IN_FLIGHT,
             drain_timeout: config.common.shutdown_grace,
         };
@@ -140,6 +140,7 @@ impl Application {
 
         let readiness = Readiness::new("auth", env!("CARGO_PKG_VERSION"))
             .nats(client.clone())
+            .on_scrape(runtime::outbox::sample_gauges(db.clone()))
             .database(db.clone());
         let http_cancel = CancellationToken::new();
         let http = tokio::spawn(health::serve(
@@ -251,4 +252,17 @@ async fn upkeep(
             }
         }
     }
+}
+
+/// The endpoints plus the outbox's backlog for ops (`GET /v1/admin/services`; not a
+/// public route).
+fn with_outbox_stats(
+    mut endpoints: Vec<runtime::rpc::Endpoint>,
+    db: &Database,
+) -> Vec<runtime::rpc::Endpoint> {
+    endpoints.push(runtime::outbox::stats_endpoint(
+        contracts::subjects::auth::RPC_OUTBOX_STATS,
+        db.clone(),
+    ));
+    endpoints
 }

@@ -95,11 +95,17 @@ impl Application {
         let calendar = Arc::new(
             Calendar::new(db.clone(), waker.clone()).publish_rsvp_v2(config.publish_rsvp_v2),
         );
+        let mut endpoints = handlers::endpoints(calendar);
+        // The backlog for ops (`GET /v1/admin/services`); not a public route.
+        endpoints.push(runtime::outbox::stats_endpoint(
+            subjects::calendar::RPC_OUTBOX_STATS,
+            db.clone(),
+        ));
         let spec = ServiceSpec {
             name: subjects::calendar::SERVICE,
             version: env!("CARGO_PKG_VERSION"),
             description: "Calendar events and RSVPs",
-            endpoints: handlers::endpoints(calendar),
+            endpoints,
             max_in_flight: config.max_in_flight,
             drain_timeout: config.common.shutdown_grace,
         };
@@ -123,6 +129,7 @@ impl Application {
 
         let readiness = runtime::health::Readiness::new("calendar", env!("CARGO_PKG_VERSION"))
             .nats(client.clone())
+            .on_scrape(runtime::outbox::sample_gauges(db.clone()))
             .database(db);
         let http = tokio::spawn(runtime::health::serve(
             listener,

@@ -46,6 +46,20 @@ impl SendError {
             SendError::File(_) => false,
         }
     }
+
+    /// The failure's kind, the `kind` label of `mesh_email_send_failures_total`:
+    /// `permanent` (5xx), `transient` (4xx), `timeout`, `tls`, `connection` (anything
+    /// else on the way to the server) or `file`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SendError::Smtp(e) if e.is_permanent() => "permanent",
+            SendError::Smtp(e) if e.is_transient() => "transient",
+            SendError::Smtp(e) if e.is_timeout() => "timeout",
+            SendError::Smtp(e) if e.is_tls() => "tls",
+            SendError::Smtp(_) => "connection",
+            SendError::File(_) => "file",
+        }
+    }
 }
 
 /// The configured way out.
@@ -90,7 +104,8 @@ impl Mailer {
                 Ok(Mailer::Smtp {
                     transport,
                     url: masked,
-                })
+                }
+                .with_metrics())
             }
             None => {
                 std::fs::create_dir_all(file_dir).map_err(|source| MailerError::Folder {
@@ -100,7 +115,8 @@ impl Mailer {
                 Ok(Mailer::File {
                     transport: AsyncFileTransport::<Tokio1Executor>::new(file_dir),
                     dir: file_dir.to_path_buf(),
-                })
+                }
+                .with_metrics())
             }
         }
     }
@@ -113,8 +129,53 @@ impl Mailer {
         }
     }
 
-    /// Hands one mail over. Returns the file written by the file transport.
+    /// The mail counters exist at 0 from the start, so rates and alerts over them are
+    /// defined before the first mail.
+    fn with_metrics(self) -> Self {
+        use runtime::telemetry::names;
+        let transport = self.transport_label();
+        metrics::counter!(names::EMAIL_SENT, "transport" => transport).absolute(0);
+        let kinds: &[&'static str] = match self {
+            Mailer::Smtp { .. } => &["permanent", "transient", "timeout", "tls", "connection"],
+            Mailer::File { .. } => &["file"],
+        };
+        for kind in kinds {
+            metrics::counter!(names::EMAIL_SEND_FAILURES, "transport" => transport, "kind" => *kind)
+                .absolute(0);
+        }
+        self
+    }
+
+    /// The `transport` label of the mail metrics.
+    fn transport_label(&self) -> &'static str {
+        match self {
+            Mailer::Smtp { .. } => "smtp",
+            Mailer::File { .. } => "file",
+        }
+    }
+
+    /// Hands one mail over (timed and counted, see `runtime::telemetry::names`).
+    /// Returns the file written by the file transport.
     pub async fn send(&self, message: Message) -> Result<Option<PathBuf>, SendError> {
+        use runtime::telemetry::names;
+        let transport = self.transport_label();
+        let started = std::time::Instant::now();
+        let result = self.hand_over(message).await;
+        metrics::histogram!(names::EMAIL_SEND_DURATION, "transport" => transport)
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => metrics::counter!(names::EMAIL_SENT, "transport" => transport).increment(1),
+            Err(e) => metrics::counter!(
+                names::EMAIL_SEND_FAILURES,
+                "transport" => transport,
+                "kind" => e.kind(),
+            )
+            .increment(1),
+        }
+        result
+    }
+
+    async fn hand_over(&self, message: Message) -> Result<Option<PathBuf>, SendError> {
         match self {
             Mailer::Smtp { transport, .. } => {
                 transport.send(message).await?;
@@ -214,5 +275,6 @@ mod tests {
             .unwrap();
         let err = mailer.send(message).await.unwrap_err();
         assert!(!err.is_permanent(), "{err}");
+        assert_eq!(err.kind(), "connection", "{err}");
     }
 }

@@ -190,6 +190,9 @@ impl IntoResponse for ApiError {
         let mut response = problem_response(&problem);
         response.headers_mut().extend(self.headers());
         response
+            .extensions_mut()
+            .insert(crate::http_metrics::Rejection::of(&self));
+        response
     }
 }
 

@@ -19,7 +19,8 @@
 //!   the services publish) and the native routes;
 //! - [`console`]: the web console at `/console` (embedded static files) and its
 //!   cookie session, accepted on the admin routes (`/v1/admin/…`) only;
-//! - [`server`]: the HTTP middleware stack; [`Application`]: startup and shutdown.
+//! - [`server`]: the HTTP middleware stack, with [`http_metrics`] around it;
+//!   [`Application`]: startup and shutdown.
 //!
 //! Architecture invariant: its only state is the idempotency, ticket and route buckets
 //! (shared by every replica), the JWKS cache, the discovered route table, the in-memory
@@ -36,6 +37,7 @@ pub mod discovery;
 pub mod error;
 #[cfg(test)]
 mod fixture;
+pub mod http_metrics;
 pub mod idempotency;
 pub mod openapi;
 pub mod proxy;
@@ -251,6 +253,7 @@ impl Application {
             config.clone(),
             background.clone(),
         ));
+        http_metrics::init();
         tracing::info!(port, "gateway listening");
 
         let shutdown = cancel.clone();

@@ -6,7 +6,7 @@ use runtime::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init("mesh-gateway");
+    let _telemetry = telemetry::init(gateway::SERVICE);
     let config = Config::from_env().context("Failed to read the configuration")?;
     let app = Application::build(config)
         .await

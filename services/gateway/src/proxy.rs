@@ -92,6 +92,7 @@ impl Gateway {
             snapshot = self.directory.snapshot();
         }
         let Matched { route, params } = snapshot.table.find(&parts.method, parts.uri.path())?;
+        crate::http_metrics::record_route(&parts, &route.path);
         let span = tracing::Span::current();
         span.record("http.route", &*route.path);
         span.record("otel.name", format!("{} {}", route.method, route.path));

@@ -27,6 +27,7 @@ use tracing::Span;
 
 use crate::console;
 use crate::error::{ApiError, problemize};
+use crate::http_metrics;
 use crate::idempotency;
 use crate::proxy::{self, Gateway, REQUEST_ID_HEADER};
 use crate::stream;
@@ -78,6 +79,7 @@ pub fn router(gateway: Arc<Gateway>, readiness: Readiness, options: &HttpOptions
                     .on_failure(())
                     .on_response(on_response),
             )
+            .layer(middleware::from_fn(http_metrics::track))
             .layer(PropagateRequestIdLayer::new(request_id)),
     )
 }

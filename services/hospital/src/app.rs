@@ -11,6 +11,7 @@ use runtime::consumer::{self, ConsumerConfig, StartPosition};
 use runtime::db::{Database, DbError, Migrations};
 use runtime::nats::NatsError;
 use runtime::rpc::{ServeError, ServiceSpec};
+use runtime::telemetry::names;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -352,12 +353,12 @@ async fn publish_gauges(hospital: &Hospital) {
     };
     for c in stats.consumers {
         let labels = [("durable", c.durable.clone()), ("stream", c.stream.clone())];
-        metrics::gauge!("mesh_dlq_depth", &labels).set(c.parked as f64);
-        metrics::gauge!("mesh_consumer_pending", &labels).set(c.pending as f64);
-        metrics::gauge!("mesh_consumer_ack_pending", &labels).set(c.ack_pending as f64);
-        metrics::gauge!("mesh_consumer_redelivered", &labels).set(c.redelivered as f64);
-        metrics::gauge!("mesh_consumer_paused", &labels).set(if c.paused { 1.0 } else { 0.0 });
+        metrics::gauge!(names::DLQ_DEPTH, &labels).set(c.parked as f64);
+        metrics::gauge!(names::CONSUMER_PENDING, &labels).set(c.pending as f64);
+        metrics::gauge!(names::CONSUMER_ACK_PENDING, &labels).set(c.ack_pending as f64);
+        metrics::gauge!(names::CONSUMER_REDELIVERED, &labels).set(c.redelivered as f64);
+        metrics::gauge!(names::CONSUMER_PAUSED, &labels).set(if c.paused { 1.0 } else { 0.0 });
     }
-    metrics::gauge!("mesh_dlq_stream_messages").set(stats.dlq_messages as f64);
-    metrics::gauge!("mesh_dlq_stream_bytes").set(stats.dlq_bytes as f64);
+    metrics::gauge!(names::DLQ_STREAM_MESSAGES).set(stats.dlq_messages as f64);
+    metrics::gauge!(names::DLQ_STREAM_BYTES).set(stats.dlq_bytes as f64);
 }

@@ -11,7 +11,7 @@ use contracts::hospital::{
     AuditEntry, AuditPage, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter,
     DeadLetterDetail, DeadLetterFilter, DeadLetterPage, DeadLetterStatus, EditReplayResult,
     FailureGroupList, Header, HospitalStats, Job, JobKind, JobList, JobStatus, MessageWhereabouts,
-    Outcome, Selection, ServiceInstance, ServiceList, WhereaboutsList,
+    OutboxState, OutboxStats, Outcome, Selection, ServiceInstance, ServiceList, WhereaboutsList,
 };
 use contracts::subjects;
 use jiff::Timestamp;
@@ -66,6 +66,70 @@ struct Inner {
 /// How long `services` collects discovery replies (nobody knows how many instances
 /// there are; every instance on a healthy bus answers within milliseconds).
 const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
+/// How long a service may take to report its outbox.
+const OUTBOX_STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The outbox figures of every service that serves `outbox.stats` (found in discovery),
+/// asked once per service (its replicas share one database), sorted by service.
+async fn outboxes(
+    client: &async_nats::Client,
+    found: &[async_nats::service::Info],
+) -> Vec<OutboxState> {
+    let mut subjects_by_service: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
+    for info in found {
+        for ep in &info.endpoints {
+            if ep.name == subjects::ops::OUTBOX_STATS_ENDPOINT {
+                subjects_by_service
+                    .entry(info.name.clone())
+                    .or_insert_with(|| ep.subject.clone());
+            }
+        }
+    }
+    let asks = subjects_by_service
+        .into_iter()
+        .map(|(service, subject)| async move {
+            match outbox_stats(client, &subject).await {
+                Ok(stats) => OutboxState {
+                    service,
+                    backlog: stats.backlog,
+                    oldest_unpublished_at: stats.oldest_unpublished_at,
+                    error: None,
+                },
+                Err(error) => OutboxState {
+                    service,
+                    backlog: 0,
+                    oldest_unpublished_at: None,
+                    error: Some(error),
+                },
+            }
+        });
+    futures::future::join_all(asks).await
+}
+
+async fn outbox_stats(
+    client: &async_nats::Client,
+    subject: &str,
+) -> std::result::Result<OutboxStats, String> {
+    let payload =
+        contracts::wire::encode(&contracts::rpc::RpcRequest::new(contracts::rpc::NoBody {}))
+            .map_err(|e| e.to_string())?;
+    let mut headers = async_nats::HeaderMap::new();
+    runtime::trace::inject_current(&mut headers);
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(payload.into())
+        .timeout(Some(OUTBOX_STATS_TIMEOUT));
+    let reply = client
+        .send_request(subject.to_owned(), request)
+        .await
+        .map_err(|e| format!("{subject}: {e}"))?;
+    match contracts::wire::decode::<contracts::rpc::RpcReply<OutboxStats>>(&reply.payload) {
+        Ok(contracts::rpc::RpcReply::Ok { body, .. }) => Ok(body),
+        Ok(contracts::rpc::RpcReply::Err(problem)) => Err(format!("{subject}: {}", problem.code)),
+        Err(e) => Err(format!("{subject}: undecodable reply: {e}")),
+    }
+}
 
 /// The audit action of an edit-replay.
 const EDIT_REPLAY: &str = "edit_replay";
@@ -514,6 +578,7 @@ impl Hospital {
         let found = runtime::discovery::instances(&self.js().client(), DISCOVERY_WINDOW)
             .await
             .map_err(|e| BusError(e.to_string()))?;
+        let outboxes = outboxes(&self.js().client(), &found).await;
         let mut instances: Vec<ServiceInstance> = found
             .into_iter()
             .map(|info| {
@@ -541,6 +606,7 @@ impl Hospital {
         Ok(ServiceList {
             instances,
             consumers,
+            outboxes,
         })
     }
 

@@ -32,6 +32,7 @@ use contracts::subjects::headers;
 use jiff::Timestamp;
 use runtime::consumer::{Delivery, Handler, HandlerError, ledger};
 use runtime::db::Database;
+use runtime::telemetry::names;
 use sqlx::AnyConnection;
 
 use crate::domain::{self, Draft, EventView, Milestone};
@@ -155,6 +156,11 @@ impl Projector {
         max_event_age: Duration,
         stats: Stats,
     ) -> Self {
+        // Defined from the start, so rates over them are too.
+        for (channel, outcome) in [("history", "ok"), ("live", "ok"), ("live", "failed")] {
+            metrics::counter!(names::PUSH_DELIVERIES, "channel" => channel, "outcome" => outcome)
+                .absolute(0);
+        }
         Projector {
             db,
             client,
@@ -201,6 +207,10 @@ impl Projector {
         }
         tx.commit().await.map_err(transient)?;
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        if !created.is_empty() {
+            metrics::counter!(names::PUSH_DELIVERIES, "channel" => "history", "outcome" => "ok")
+                .increment(created.len() as u64);
+        }
         Ok(created)
     }
 
@@ -226,9 +236,15 @@ impl Projector {
         {
             Ok(()) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::PUSH_DELIVERIES, "channel" => "live", "outcome" => "ok")
+                    .increment(1);
                 tracing::info!(notification = %n.id, user_id = %n.user_id, "notification sent live");
             }
-            Err(e) => tracing::warn!(error = %e, notification = %n.id, "live send failed"),
+            Err(e) => {
+                metrics::counter!(names::PUSH_DELIVERIES, "channel" => "live", "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(error = %e, notification = %n.id, "live send failed")
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::rpc::Role;
 
 // ---- auth ----
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     #[schema(example = "ada@example.com")]
@@ -24,27 +24,32 @@ pub struct RegisterRequest {
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
     pub refresh_token: String,
 }
 
+crate::redacted_debug!(RegisterRequest { email, display_name; password });
+crate::redacted_debug!(LoginRequest { email; password });
+crate::redacted_debug!(RefreshRequest { ; refresh_token });
+crate::redacted_debug!(LogoutRequest { ; refresh_token });
+
 /// Tokens issued by login and refresh.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
     /// Ed25519-signed JWT; send as `Authorization: Bearer …`.
     pub access_token: String,
@@ -56,6 +61,7 @@ pub struct TokenResponse {
     pub refresh_token: String,
     pub refresh_expires_in: u64,
 }
+crate::redacted_debug!(TokenResponse { token_type, expires_in, refresh_expires_in; access_token, refresh_token });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct User {
@@ -327,12 +333,13 @@ pub struct PasswordResetRequest {
 }
 
 /// `POST /v1/auth/password-reset/confirm`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordResetConfirm {
     pub token: String,
     pub new_password: String,
 }
+crate::redacted_debug!(PasswordResetConfirm { ; token, new_password });
 
 /// Plain acknowledgement for operations without a resource to return.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -377,8 +384,9 @@ pub struct NotificationsSince {
 
 /// `POST /v1/notifications/stream/ticket`: a single-use ticket for
 /// `GET /v1/notifications/stream?ticket=…` (browsers' EventSource sends no headers).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StreamTicket {
     pub ticket: String,
     pub expires_in: u64,
 }
+crate::redacted_debug!(StreamTicket { expires_in; ticket });

@@ -74,7 +74,7 @@ macro_rules! domain_event {
 }
 
 /// A new account. Aggregate: the user (version 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRegisteredV1 {
     pub meta: EventMeta,
     pub user_id: Uuid,
@@ -89,6 +89,10 @@ pub struct UserRegisteredV1 {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsubscribe_token: Option<String>,
 }
+crate::redacted_debug!(UserRegisteredV1 {
+    meta, user_id, email, display_name, role;
+    verification_token, unsubscribe_token
+});
 domain_event!(
     UserRegisteredV1,
     "auth.user_registered",
@@ -114,7 +118,7 @@ domain_event!(
 /// A password reset was requested for an existing account. Carries the single-use,
 /// short-lived token the mail links to (useless once used or expired). Aggregate: the
 /// user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasswordResetRequestedV1 {
     pub meta: EventMeta,
     pub user_id: Uuid,
@@ -123,6 +127,10 @@ pub struct PasswordResetRequestedV1 {
     pub token: String,
     pub expires_at: Timestamp,
 }
+crate::redacted_debug!(PasswordResetRequestedV1 {
+    meta, user_id, email, display_name, expires_at;
+    token
+});
 domain_event!(
     PasswordResetRequestedV1,
     "auth.password_reset_requested",

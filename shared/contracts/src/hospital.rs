@@ -472,11 +472,41 @@ pub struct ServiceInstance {
 }
 
 /// `GET /v1/admin/services`: which instances run, which contract versions they speak,
-/// and which consumers lag.
+/// which consumers lag, and what waits in each transactional outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ServiceList {
     /// Sorted by service, then version, then id.
     pub instances: Vec<ServiceInstance>,
     /// Every durable on the domain streams (the same state as `/v1/admin/dlq/stats`).
     pub consumers: Vec<ConsumerState>,
+    /// One per service that serves `outbox.stats` (the services with an outbox), sorted
+    /// by service. Empty from a hospital that predates it.
+    #[serde(default)]
+    pub outboxes: Vec<OutboxState>,
+}
+
+/// A service's transactional outbox as its `outbox.stats` endpoint reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OutboxState {
+    /// Service name, e.g. `calendar`.
+    pub service: String,
+    /// Rows committed but not yet published to the stream.
+    pub backlog: u64,
+    /// When the oldest unpublished row was committed (none when the backlog is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub oldest_unpublished_at: Option<Timestamp>,
+    /// Why the figures are missing (the service did not answer in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reply of `svc.<service>.v1.outbox.stats` (served by every service with an outbox;
+/// asked by the hospital for `GET /v1/admin/services`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OutboxStats {
+    pub backlog: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub oldest_unpublished_at: Option<Timestamp>,
 }

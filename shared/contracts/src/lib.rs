@@ -10,6 +10,7 @@
 //! - [`error`]: the stable error codes the API returns.
 //! - [`hospital`]: parked messages and the dead-letter admin API.
 //! - [`permissions`]: each NATS identity's subject permissions (least privilege).
+//! - [`redact`]: `Debug` that hides the passwords and tokens some bodies carry.
 //!
 //! API boundary: services convert these types into their own domain types; nothing
 //! else defines a wire type.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod hospital;
 pub mod permissions;
+pub mod redact;
 pub mod rpc;
 pub mod subjects;
 pub mod wire;

@@ -280,8 +280,10 @@ pub fn identity(user: &str) -> Option<Identity> {
                     publish.push(replay);
                 }
             }
-            // `GET /v1/admin/services`: discovery scatter-gather (replies to its inbox).
+            // `GET /v1/admin/services`: discovery scatter-gather (replies to its inbox),
+            // and each outbox's figures (the one service request it may make).
             publish.push("$SRV.INFO".into());
+            publish.push(subjects::ops::OUTBOX_STATS_WILDCARD.into());
             subscribe.extend(service_subscriptions(HOSPITAL));
             allow_responses = true;
         }
@@ -379,6 +381,23 @@ mod tests {
         assert!(!id(EMAIL).may_publish("$SRV.INFO"));
         assert!(id(HOSPITAL).may_publish("$SRV.INFO"));
         assert!(!id(HOSPITAL).may_publish("$SRV.STATS"));
+    }
+
+    #[test]
+    fn the_hospital_reads_outbox_figures_and_nothing_else_of_a_service() {
+        for subject in [auth::RPC_OUTBOX_STATS, calendar::RPC_OUTBOX_STATS] {
+            for i in identities() {
+                assert_eq!(
+                    i.may_publish(subject),
+                    i.user == GATEWAY || i.user == HOSPITAL,
+                    "{} {subject}",
+                    i.user
+                );
+            }
+        }
+        assert!(id(CALENDAR).may_subscribe(calendar::RPC_OUTBOX_STATS));
+        assert!(id(AUTH).may_subscribe(auth::RPC_OUTBOX_STATS));
+        assert!(!id(HOSPITAL).may_publish(calendar::RPC_PUT_RSVP));
     }
 
     #[test]

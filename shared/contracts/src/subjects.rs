@@ -116,6 +116,8 @@ pub mod auth {
     pub const RPC_CONFIRM_PASSWORD_RESET: &str = "svc.auth.v1.password_reset.confirm";
     pub const RPC_VERIFY_EMAIL: &str = "svc.auth.v1.verify_email";
     pub const RPC_UNSUBSCRIBE: &str = "svc.auth.v1.unsubscribe";
+    /// The outbox's backlog, for ops (see [`super::ops`]).
+    pub const RPC_OUTBOX_STATS: &str = "svc.auth.v1.outbox.stats";
 }
 
 pub mod calendar {
@@ -134,6 +136,18 @@ pub mod calendar {
     pub const RPC_CANCEL_EVENT: &str = "svc.calendar.v1.events.cancel";
     pub const RPC_PUT_RSVP: &str = "svc.calendar.v1.rsvp.put";
     pub const RPC_LIST_RSVPS: &str = "svc.calendar.v1.rsvp.list";
+    /// The outbox's backlog, for ops (see [`super::ops`]).
+    pub const RPC_OUTBOX_STATS: &str = "svc.calendar.v1.outbox.stats";
+}
+
+/// The ops plane's requests to the services themselves (not public routes).
+pub mod ops {
+    /// Endpoint name of a service's outbox figures (`OutboxStats`), on
+    /// `svc.<service>.v1.outbox.stats`; the hospital finds them in discovery by this
+    /// name and asks each for `GET /v1/admin/services`.
+    pub const OUTBOX_STATS_ENDPOINT: &str = "outbox.stats";
+    /// The subjects the hospital may call for them.
+    pub const OUTBOX_STATS_WILDCARD: &str = "svc.*.v1.outbox.stats";
 }
 
 pub mod hospital {
@@ -279,6 +293,8 @@ mod tests {
         auth::RPC_CONFIRM_PASSWORD_RESET,
         auth::RPC_VERIFY_EMAIL,
         auth::RPC_UNSUBSCRIBE,
+        auth::RPC_OUTBOX_STATS,
+        calendar::RPC_OUTBOX_STATS,
         push::RPC_LIST_NOTIFICATIONS,
         push::RPC_MARK_READ,
         push::RPC_NOTIFICATIONS_SINCE,

@@ -354,6 +354,7 @@ pub async fn run<H: Handler>(
     let server_max_deliver = consumer.cached_info().config.max_deliver;
     let ward = Arc::new(Ward::open(js, &config, server_max_deliver).await);
     let config = Arc::new(config);
+    start_metrics(&config.durable);
     // Stream sequences this process is handling right now. When progress acks are lost
     // (a NATS node dies), the server redelivers a message while its first delivery still
     // runs here; handling both at once would do the effect twice.
@@ -451,6 +452,7 @@ async fn handle_one<H: Handler>(
     async {
         // Keep the message ours while the handler works.
         let progress_every = (config.retry.ack_wait() / 2).max(Duration::from_millis(100));
+        let started = std::time::Instant::now();
         let result = {
             let work = handler.handle(&delivery);
             tokio::pin!(work);
@@ -467,6 +469,7 @@ async fn handle_one<H: Handler>(
                 }
             }
         };
+        record_handling(&config.durable, delivered, started.elapsed());
         let durable = config.durable.clone();
         match result {
             Ok(()) => {
@@ -751,6 +754,34 @@ async fn provision_ward(js: &jetstream::Context) {
             .await
     {
         tracing::warn!(error = %e, "cannot create the consumer_failures bucket");
+    }
+}
+
+/// The durable's counters exist from its start at 0, so rates and alerts over them are
+/// defined before the first failure.
+fn start_metrics(durable: &str) {
+    use crate::telemetry::names;
+    let d = durable.to_owned();
+    for outcome in ["handled", "retried"] {
+        metrics::counter!(names::CONSUMER_MESSAGES, "durable" => d.clone(), "outcome" => outcome)
+            .absolute(0);
+    }
+    for kind in [ErrorKind::Permanent, ErrorKind::Transient] {
+        metrics::counter!(names::DLQ_PARKED, "durable" => d.clone(), "kind" => kind.as_str())
+            .absolute(0);
+    }
+    metrics::counter!(names::DLQ_PARK_REFUSED, "durable" => d.clone()).absolute(0);
+    metrics::counter!(names::CONSUMER_REDELIVERIES, "durable" => d).absolute(0);
+}
+
+/// Handler time, and whether this was a redelivery.
+fn record_handling(durable: &str, delivered: i64, took: Duration) {
+    use crate::telemetry::names;
+    metrics::histogram!(names::CONSUMER_HANDLE_DURATION, "durable" => durable.to_owned())
+        .record(took.as_secs_f64());
+    if delivered > 1 {
+        metrics::counter!(names::CONSUMER_REDELIVERIES, "durable" => durable.to_owned())
+            .increment(1);
     }
 }
 

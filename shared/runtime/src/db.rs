@@ -167,6 +167,18 @@ impl Database {
         }
     }
 
+    /// Sets the pool gauges (`mesh_db_pool_connections{state}`, `…_max_connections`).
+    pub fn sample_pool_gauges(&self) {
+        use crate::telemetry::names;
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(idle));
+        metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "in_use")
+            .set(f64::from(size.saturating_sub(idle)));
+        metrics::gauge!(names::DB_POOL_MAX)
+            .set(f64::from(self.pool.options().get_max_connections()));
+    }
+
     /// A cheap round trip for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")

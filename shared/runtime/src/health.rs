@@ -1,8 +1,14 @@
-//! `/healthz` (the process runs) and `/readyz` (its dependencies answer) on every service.
+//! `/healthz` (the process runs), `/readyz` (its dependencies answer) and `/metrics`
+//! (Prometheus text) on every service.
+//!
+//! Gauges that are cheap to read but live elsewhere (the database pool, the outbox
+//! backlog) are sampled when `/metrics` is scraped ([`Readiness::on_scrape`]), so they
+//! are never older than the scrape and cost nothing when nobody looks.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -13,16 +19,22 @@ use contracts::api::{Health, HealthCheck};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Database;
+use crate::telemetry::names;
 
 type CheckFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type SampleFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// The readiness checks of one service.
+/// How long one scrape-time sampler may take; a slow one leaves its gauges as they were.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The readiness checks of one service, and what `/metrics` samples before it renders.
 #[derive(Clone)]
 pub struct Readiness {
     service: &'static str,
     version: &'static str,
     checks: Vec<(&'static str, CheckFn)>,
+    samplers: Vec<SampleFn>,
 }
 
 impl Readiness {
@@ -31,7 +43,19 @@ impl Readiness {
             service,
             version,
             checks: Vec::new(),
+            samplers: Vec::new(),
         }
+    }
+
+    /// Runs `f` before every `/metrics` render (bounded by [`SAMPLE_TIMEOUT`]), to set
+    /// gauges read from elsewhere.
+    pub fn on_scrape<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.samplers.push(Arc::new(move || Box::pin(f())));
+        self
     }
 
     pub fn check<F, Fut>(mut self, name: &'static str, f: F) -> Self
@@ -57,11 +81,16 @@ impl Readiness {
         })
     }
 
-    /// Ready when the database answers.
+    /// Ready when the database answers; `/metrics` reports its pool's use.
     pub fn database(self, db: Database) -> Self {
+        let pool = db.clone();
         self.check("database", move || {
             let db = db.clone();
             async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .on_scrape(move || {
+            pool.sample_pool_gauges();
+            async {}
         })
     }
 
@@ -87,12 +116,20 @@ impl Readiness {
     }
 }
 
-/// Routes `/healthz` and `/readyz`.
+/// Routes `/healthz`, `/readyz` and `/metrics`.
 pub fn router(readiness: Readiness) -> Router {
+    if crate::telemetry::metrics().is_some() {
+        metrics::gauge!(
+            names::BUILD_INFO,
+            "service" => readiness.service,
+            "version" => readiness.version,
+        )
+        .set(1.0);
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(render_metrics))
         .with_state(Arc::new(readiness))
 }
 
@@ -105,8 +142,13 @@ async fn healthz(State(r): State<Arc<Readiness>>) -> Json<Health> {
     })
 }
 
-/// Prometheus text exposition of the process's metrics.
-async fn metrics() -> impl axum::response::IntoResponse {
+/// Prometheus text exposition of the process's metrics, after the samplers ran.
+async fn render_metrics(State(r): State<Arc<Readiness>>) -> impl axum::response::IntoResponse {
+    let samples = r
+        .samplers
+        .iter()
+        .map(|f| tokio::time::timeout(SAMPLE_TIMEOUT, f()));
+    futures::future::join_all(samples).await;
     let body = crate::telemetry::metrics()
         .map(|h| h.render())
         .unwrap_or_default();

@@ -21,17 +21,29 @@
 //!     published_at BIGINT           -- NULL until the stream acknowledged it
 //! );
 //! ```
+//!
+//! Observability: each published row gets an `outbox.publish` span that continues the
+//! trace stored with the row (the request that committed it) and whose context goes out
+//! in the message's `traceparent`, so the consumers' spans hang below it. The backlog
+//! and the age of the oldest unpublished row are gauges sampled at scrape time
+//! ([`sample_gauges`]) and answered to ops by the [`stats_endpoint`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use contracts::DomainEvent;
+use contracts::hospital::OutboxStats;
+use contracts::rpc::NoBody;
+use contracts::rpc::RpcReply;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::db::{Database, to_micros};
+use crate::db::{Database, from_micros, to_micros};
+use crate::rpc::Endpoint;
+use crate::telemetry::{names, queries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -211,13 +223,19 @@ impl Relay {
 
     /// Runs until `cancel`; a round in progress finishes first.
     pub async fn run(self, cancel: CancellationToken) {
+        // Defined from the start, so rates and alerts over them are too.
+        metrics::counter!(names::OUTBOX_PUBLISHED).absolute(0);
+        metrics::counter!(names::OUTBOX_RELAY_FAILURES).absolute(0);
         let mut failures = 0u32;
         let mut rounds = 0u64;
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            match self.publish_pending().await {
+            // A trace-level span: it names the relay's statements in the query metrics
+            // (whose layer sees it) without exporting a span per idle poll.
+            let round = tracing::trace_span!(queries::RELAY_SPAN);
+            match self.publish_pending().instrument(round).await {
                 Ok(n) => {
                     if failures > 0 {
                         tracing::info!("outbox relay recovered");
@@ -228,6 +246,7 @@ impl Relay {
                     }
                 }
                 Err(e) => {
+                    metrics::counter!(names::OUTBOX_RELAY_FAILURES).increment(1);
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(5)));
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay round failed");
@@ -266,6 +285,7 @@ impl Relay {
         }
         let mut acks = Vec::with_capacity(rows.len());
         let mut seqs = Vec::with_capacity(rows.len());
+        let mut spans = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq: i64 = row.try_get("seq")?;
             let subject: String = row.try_get("subject")?;
@@ -277,21 +297,36 @@ impl Relay {
             for (k, v) in &pairs {
                 headers.insert(k.as_str(), v.as_str());
             }
+            // The publish continues the committing request's trace (stored with the row),
+            // and the message carries the publish span's context to the consumers.
+            let span = tracing::info_span!(
+                "outbox.publish",
+                otel.name = %format!("publish {subject}"),
+                otel.kind = "producer",
+                messaging.destination.name = %subject,
+            );
+            crate::trace::set_parent(&span, Some(&headers));
+            span.in_scope(|| crate::trace::inject_current(&mut headers));
             // Publishes are pipelined: all are sent, then all acks awaited.
             let ack = self
                 .js
                 .publish_with_headers(subject, headers, payload.into())
+                .instrument(span.clone())
                 .await?;
             acks.push(ack);
             seqs.push(seq);
+            spans.push(span);
         }
-        for ack in acks {
-            let ack = ack.await?;
+        for (ack, span) in acks.into_iter().zip(&spans) {
+            let ack = ack.into_future().instrument(span.clone()).await?;
             if ack.duplicate {
-                tracing::debug!(stream = %ack.stream, "outbox row was already in the stream");
+                tracing::debug!(parent: span, stream = %ack.stream, "outbox row was already in the stream");
             }
         }
+        // The spans end once the stream has every row.
+        drop(spans);
         self.mark_published(&seqs).await?;
+        metrics::counter!(names::OUTBOX_PUBLISHED).increment(seqs.len() as u64);
         tracing::debug!(count = seqs.len(), "outbox rows published");
         Ok(seqs.len())
     }
@@ -335,4 +370,63 @@ pub async fn backlog(db: &Database) -> Result<i64, sqlx::Error> {
         .fetch_one(&db.pool)
         .await?
         .try_get("n")
+}
+
+/// The backlog and when its oldest row was committed.
+pub async fn stats(db: &Database) -> Result<OutboxStats, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let backlog: i64 = row.try_get("n")?;
+    let oldest: Option<i64> = row.try_get("oldest")?;
+    Ok(OutboxStats {
+        backlog: u64::try_from(backlog).unwrap_or(0),
+        oldest_unpublished_at: oldest.map(from_micros),
+    })
+}
+
+/// Sets `mesh_outbox_backlog` and `mesh_outbox_oldest_age_seconds` (for
+/// `Readiness::on_scrape`); a failed read leaves them as they were.
+pub fn sample_gauges(db: Database) -> impl Fn() -> futures::future::BoxFuture<'static, ()> {
+    move || {
+        let db = db.clone();
+        Box::pin(async move {
+            match stats(&db).await {
+                Ok(s) => {
+                    metrics::gauge!(names::OUTBOX_BACKLOG).set(s.backlog as f64);
+                    let age = s
+                        .oldest_unpublished_at
+                        .map(|t| {
+                            jiff::Timestamp::now()
+                                .duration_since(t)
+                                .as_secs_f64()
+                                .max(0.0)
+                        })
+                        .unwrap_or(0.0);
+                    metrics::gauge!(names::OUTBOX_OLDEST_AGE).set(age);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot sample the outbox"),
+            }
+        })
+    }
+}
+
+/// The `outbox.stats` endpoint on `subject` (`svc.<service>.v1.outbox.stats`): the
+/// backlog and its oldest row, for the hospital's `GET /v1/admin/services`.
+pub fn stats_endpoint(subject: &'static str, db: Database) -> Endpoint {
+    crate::rpc::endpoint(
+        contracts::subjects::ops::OUTBOX_STATS_ENDPOINT,
+        subject,
+        move |_: contracts::rpc::RpcRequest<NoBody>| {
+            let db = db.clone();
+            async move {
+                match stats(&db).await {
+                    Ok(body) => RpcReply::Ok { status: 200, body },
+                    Err(e) => RpcReply::Err(crate::rpc::internal(&e)),
+                }
+            }
+        },
+    )
 }

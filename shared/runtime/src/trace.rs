@@ -68,3 +68,10 @@ pub fn current_trace_id() -> Option<String> {
     let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
+
+/// Renames the current span in the exported trace. tracing-opentelemetry reads
+/// `otel.name` only until a span starts; a server span learns its route template later.
+pub fn rename_current(name: impl Into<std::borrow::Cow<'static, str>>) {
+    use opentelemetry::trace::TraceContextExt;
+    tracing::Span::current().context().span().update_name(name);
+}

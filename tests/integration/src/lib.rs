@@ -22,6 +22,9 @@
 //!   the gateway sends it), [`expect_status`], [`expect_problem`], [`http_status`],
 //!   [`consumer_info`], [`wait_settled`].
 //! - [`free_port`], [`unique_email`].
+//! - [`otlp::OtlpReceiver`]: an OTLP/HTTP trace receiver the services can export to;
+//!   [`prom::Scrape`]: a parsed `/metrics`; [`sse::SseStream`]: the notification stream;
+//!   [`smtp`]: a real SMTP server (aiosmtpd).
 //!
 //! Environment:
 //! - `NATS_SERVER_BIN`: the nats-server to run (else `<repo>/.tools/bin/nats-server`,
@@ -65,7 +68,10 @@ use tempfile::TempDir;
 pub use async_nats;
 pub use reqwest::header::HeaderMap;
 pub use reqwest::{Method, StatusCode};
+pub mod otlp;
+pub mod prom;
 pub mod smtp;
+pub mod sse;
 
 /// Default admin URL of the PostgreSQL that test databases are created on.
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -958,6 +964,9 @@ const MESH_ENV_VARS: &[&str] = &[
     "HTTP_ADDR",
     "DATABASE_URL",
     "OUTBOX_RELAY",
+    "LOG_FORMAT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_BSP_SCHEDULE_DELAY",
     "AUTH_ACCESS_TOKEN_TTL_SECS",
     "AUTH_ADMIN_EMAILS",
     "GATEWAY_REQUEST_TIMEOUT_MS",

@@ -70,6 +70,9 @@ pub enum Command {
     /// Running service instances: versions, event contracts produced and consumed;
     /// consumer lag.
     Services,
+    /// The mesh at a glance: services and instances with versions, consumer lag and
+    /// dead letters, outbox backlogs, the DLQ stream, and what needs attention.
+    Status,
 }
 
 #[derive(Debug, Args)]

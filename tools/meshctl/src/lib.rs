@@ -5,7 +5,7 @@
 //!
 //! Map: [`cli`] declares commands and flags; [`client`] holds the base URL and
 //! credentials and refreshes an expired session once; [`auth`], [`dlq`], [`audit`],
-//! [`consumer`] and [`services`] are the command groups; [`render`] turns answers into tables and times.
+//! [`consumer`], [`services`] and [`status`] are the command groups; [`render`] turns answers into tables and times.
 //! [`run_with`] is the testable entry: input, output, error stream and terminal-ness
 //! are passed in, and it returns the exit code (see [`error::exit`]).
 
@@ -19,6 +19,7 @@ pub mod dlq;
 pub mod error;
 pub mod render;
 pub mod services;
+pub mod status;
 
 use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal, Write};
@@ -113,6 +114,7 @@ async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<()> {
         Command::Audit(args) => audit::run(&mut client, args, json, io).await,
         Command::Consumer(cmd) => consumer::run(&mut client, cmd, json, io).await,
         Command::Services => services::run(&mut client, json, io).await,
+        Command::Status => status::run(&mut client, json, io).await,
     }
 }
 

@@ -751,29 +751,24 @@ async fn outbox_survives_nats_outage_and_calendar_restart() -> Result<()> {
                     == 1,
             "subjects: {subjects:?}"
         );
-        // The relay marks everything published (right after the stream's acks, which
-        // the count above may have seen first), so nothing is sent again.
+        // The relay marks the rows published (after the stream's acks, so a moment after
+        // the stream has them), and nothing is sent again.
         let db = mesh
             .database_url("calendar")
             .context("calendar database")?
             .to_owned();
         sqlx::any::install_default_drivers();
         let pool = sqlx::AnyPool::connect(&db).await?;
+        let unpublished = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .ok()
+        };
         poll_until(
             Duration::from_secs(30),
-            "every outbox row marked published",
-            || {
-                let pool = &pool;
-                async move {
-                    let pending: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
-                    )
-                    .fetch_one(pool)
-                    .await
-                    .ok()?;
-                    (pending == 0).then_some(())
-                }
-            },
+            "the relay to mark every outbox row published",
+            || async { (unpublished().await? == 0).then_some(()) },
         )
         .await?;
         pool.close().await;

@@ -7,6 +7,7 @@ mod compose_cluster;
 mod evolution;
 mod foundation;
 mod hospital;
+mod observability;
 mod permissions;
 mod resilience;
 mod security;

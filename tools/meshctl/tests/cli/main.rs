@@ -597,6 +597,60 @@ async fn services_lists_instances_with_their_contract_versions_and_lag() {
 }
 
 #[tokio::test]
+async fn status_shows_services_lag_dead_letters_and_outboxes() {
+    let h = Harness::start().await;
+    h.logged_in(stub::EXPIRED, stub::REFRESH_GOOD);
+    let run = h.run(&["status"]).await;
+    assert_eq!(run.code, exit::OK, "{}", run.err);
+    let line = |prefix: &str| -> Vec<String> {
+        run.out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}", run.out))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    // Two calendar instances of one version, one email instance.
+    assert_eq!(line("calendar "), ["calendar", "2", "0.1.0"]);
+    assert_eq!(line("email "), ["email", "1", "0.1.0"]);
+    // Lag, ack pending, dead letters, paused, per durable.
+    assert_eq!(
+        line("email-calendar"),
+        ["email-calendar", "CALENDAR", "42", "3", "2", "no"]
+    );
+    assert_eq!(line("push-calendar")[5], "yes");
+    // Outboxes: an empty one and one with rows waiting for 90 s.
+    assert_eq!(line("auth "), ["auth", "0", "-"]);
+    let calendar_outbox: Vec<&str> = run
+        .out
+        .lines()
+        .filter(|l| l.starts_with("calendar"))
+        .collect();
+    assert!(
+        calendar_outbox
+            .iter()
+            .any(|l| l.contains("17") && l.contains("1m ago")),
+        "{}",
+        run.out
+    );
+    assert!(run.out.contains("DLQ stream: "), "{}", run.out);
+    let status = line("status:").join(" ");
+    assert!(status.contains("2 dead letters parked"), "{status}");
+    assert!(status.contains("push-calendar is paused"), "{status}");
+    assert!(
+        status.contains("17 rows wait in the calendar outbox"),
+        "{status}"
+    );
+
+    let run = h.run(&["status", "--json"]).await;
+    assert_eq!(run.code, exit::OK, "{}", run.err);
+    let value: Value = serde_json::from_str(&run.out).unwrap();
+    assert_eq!(value["services"]["outboxes"][1]["backlog"], 17);
+    assert!(value["dlq"]["dlq_messages"].is_u64(), "{value}");
+}
+
+#[tokio::test]
 async fn not_logged_in_exits_3_without_a_request() {
     let h = Harness::start().await;
     let run = h.run(&["dlq", "stats"]).await;

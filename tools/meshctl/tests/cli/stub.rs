@@ -19,8 +19,9 @@ use contracts::hospital::{
     AuditEntry, AuditPage, BulkRequest, BulkResult, ConsumerOutcome, ConsumerState, DeadLetter,
     DeadLetterDetail, DeadLetterPage, DeadLetterStatus, Diagnosis, EditReplayRequest,
     EditReplayResult, ErrorKind, FailureGroup, FailureGroupList, Header, HospitalStats, Job,
-    JobKind, JobList, JobStatus, MessageWhereabouts, Outcome, ParkedMessage, PauseRequest,
-    ReplayRequest, ResumeRequest, Selection, ServiceInstance, ServiceList, WhereaboutsList,
+    JobKind, JobList, JobStatus, MessageWhereabouts, OutboxState, Outcome, ParkedMessage,
+    PauseRequest, ReplayRequest, ResumeRequest, Selection, ServiceInstance, ServiceList,
+    WhereaboutsList,
 };
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -599,16 +600,42 @@ async fn services(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Re
                 consumes: vec!["calendar.rsvp_changed@1".into()],
             },
         ],
-        consumers: vec![ConsumerState {
-            durable: "email-calendar".into(),
-            stream: "CALENDAR".into(),
-            pending: 42,
-            ack_pending: 3,
-            redelivered: 0,
-            parked: 0,
-            paused: false,
-            paused_until: None,
-        }],
+        consumers: vec![
+            ConsumerState {
+                durable: "email-calendar".into(),
+                stream: "CALENDAR".into(),
+                pending: 42,
+                ack_pending: 3,
+                redelivered: 0,
+                parked: 2,
+                paused: false,
+                paused_until: None,
+            },
+            ConsumerState {
+                durable: "push-calendar".into(),
+                stream: "CALENDAR".into(),
+                pending: 0,
+                ack_pending: 0,
+                redelivered: 0,
+                parked: 0,
+                paused: true,
+                paused_until: None,
+            },
+        ],
+        outboxes: vec![
+            OutboxState {
+                service: "auth".into(),
+                backlog: 0,
+                oldest_unpublished_at: None,
+                error: None,
+            },
+            OutboxState {
+                service: "calendar".into(),
+                backlog: 17,
+                oldest_unpublished_at: Some(Timestamp::now() - SignedDuration::from_secs(90)),
+                error: None,
+            },
+        ],
     })
     .into_response()
 }
