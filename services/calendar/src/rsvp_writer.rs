@@ -29,6 +29,7 @@ use jiff::Timestamp;
 use runtime::db::Database;
 use runtime::outbox::{self, OutboxRow, RelayWaker};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{self, DomainError, EventRecord, RsvpPlan};
@@ -116,7 +117,16 @@ impl Writer {
     async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while commands.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            self.apply(std::mem::take(&mut batch)).await;
+            // Each caller's own trace goes on with its outbox row; the batch is a use
+            // case of its own for the statement metrics.
+            let span = tracing::info_span!(
+                runtime::telemetry::queries::BATCH_SPAN,
+                operation = contracts::subjects::calendar::RPC_PUT_RSVP,
+                size = batch.len(),
+            );
+            self.apply(std::mem::take(&mut batch))
+                .instrument(span)
+                .await;
         }
     }
 

@@ -23,6 +23,10 @@ const SQLX_QUERY: &str = "sqlx::query";
 /// Name of the span the relay opens around one round (see [`crate::outbox`]).
 pub const RELAY_SPAN: &str = "outbox.relay";
 
+/// Name of a span a writer opens around work it does for many requests at once (e.g.
+/// the calendar's RSVP batches); its `operation` field names the use case.
+pub const BATCH_SPAN: &str = "db.batch";
+
 /// The layer; install it with [`QueryInterest`] as its filter.
 pub struct QueryMetrics;
 
@@ -71,12 +75,13 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let name = attrs.metadata().name();
         let operation = match name {
-            "rpc.server" | "consume" => {
+            "rpc.server" | "consume" | BATCH_SPAN => {
                 let mut fields = SpanFields::default();
                 attrs.record(&mut fields);
                 match name {
                     "rpc.server" => fields.otel_name,
-                    _ => fields.durable,
+                    "consume" => fields.durable,
+                    _ => fields.operation,
                 }
             }
             RELAY_SPAN => Some(RELAY_SPAN.to_owned()),
@@ -138,6 +143,7 @@ pub fn statement_kind(summary: &str) -> &'static str {
 struct SpanFields {
     otel_name: Option<String>,
     durable: Option<String>,
+    operation: Option<String>,
 }
 
 impl Visit for SpanFields {
@@ -155,6 +161,7 @@ impl SpanFields {
         match field.name() {
             "otel.name" => self.otel_name = Some(value),
             "durable" => self.durable = Some(value),
+            "operation" => self.operation = Some(value),
             _ => {}
         }
     }
