@@ -189,7 +189,10 @@ impl Projector {
             now,
             max_event_age: self.max_event_age,
         };
-        let drafts = rules.apply(&mut tx, event).await.map_err(transient)?;
+        let mut drafts = rules.apply(&mut tx, event).await.map_err(transient)?;
+        // Each insert locks its user's sequence row until commit: taken in one order by
+        // every transaction, those locks cannot deadlock.
+        drafts.sort_by_key(|d| d.user_id);
         let mut created = Vec::with_capacity(drafts.len());
         for draft in &drafts {
             if let Some(n) = store::insert_notification(&mut tx, draft, now)

@@ -204,7 +204,7 @@ impl TestApp {
     ) -> Result<RpcReply<Vec<Notification>>> {
         self.call(
             subj::RPC_NOTIFICATIONS_SINCE,
-            &RpcRequest::new(NotificationsSince { after, limit }).with_caller(who.clone()),
+            &RpcRequest::new(NotificationsSince::after_id(after, limit)).with_caller(who.clone()),
         )
         .await
     }
