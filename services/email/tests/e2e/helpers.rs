@@ -234,6 +234,30 @@ pub async fn publish_with<E: DomainEvent>(
     .await
 }
 
+/// Publishes `event` as the hospital replays a dead letter of `durable` (on `stream`):
+/// on the durable's replay subject, with a new `Nats-Msg-Id` and `Mesh-Replay-Of`.
+pub async fn publish_replay<E: DomainEvent>(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    event: &E,
+    park_id: &str,
+) -> Result<u64> {
+    let mut event_headers = contracts::events::event_headers(event);
+    event_headers.push((headers::REPLAY_OF, park_id.to_owned()));
+    let subject = subjects::replay_subject(stream, durable, E::SUBJECT)
+        .context("a stream with replay subjects")?;
+    publish_raw(
+        js,
+        &subject,
+        event_headers,
+        contracts::wire::encode(event)?,
+        Some(&format!("replay:{park_id}:1")),
+        None,
+    )
+    .await
+}
+
 pub async fn publish_raw(
     js: &jetstream::Context,
     subject: &str,
