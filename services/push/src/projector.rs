@@ -165,7 +165,13 @@ impl Projector {
     }
 
     /// Applies one event exactly once per durable; returns the notifications it created.
-    pub async fn apply(&self, event: &Incoming) -> Result<Vec<NotificationRecord>, HandlerError> {
+    /// `replay`: a replay from the message hospital, which notifies however old the
+    /// event is (an operator asked for it; the notifications were due when it failed).
+    pub async fn apply(
+        &self,
+        event: &Incoming,
+        replay: bool,
+    ) -> Result<Vec<NotificationRecord>, HandlerError> {
         let message_id = event.meta().message_id.to_string();
         // Cheap early exit for redeliveries, before taking SQLite's write lock.
         if ledger::is_processed(&self.db, &self.durable, &message_id)
@@ -188,6 +194,7 @@ impl Projector {
             backend: self.db.backend,
             now,
             max_event_age: self.max_event_age,
+            replay,
         };
         let mut drafts = rules.apply(&mut tx, event).await.map_err(transient)?;
         // Each insert locks its user's sequence row until commit: taken in one order by
@@ -241,7 +248,7 @@ impl Handler for Projector {
         let Some(event) = decode(delivery)? else {
             return Ok(());
         };
-        let created = self.apply(&event).await?;
+        let created = self.apply(&event, delivery.replay_of.is_some()).await?;
         for n in &created {
             self.publish_live(n).await;
         }
@@ -254,11 +261,13 @@ struct Rules {
     backend: runtime::db::Backend,
     now: Timestamp,
     max_event_age: Duration,
+    /// A replay from the hospital: exempt from the age limit.
+    replay: bool,
 }
 
 impl Rules {
     fn fresh(&self, occurred_at: Timestamp) -> bool {
-        domain::is_fresh(occurred_at, self.now, self.max_event_age)
+        self.replay || domain::is_fresh(occurred_at, self.now, self.max_event_age)
     }
 
     async fn apply(
