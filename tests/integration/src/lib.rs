@@ -21,6 +21,8 @@
 //!   [`run_scenario`] (a scenario per backend), [`common_config`], [`rpc`] (a request as
 //!   the gateway sends it), [`expect_status`], [`expect_problem`], [`http_status`],
 //!   [`consumer_info`], [`wait_settled`].
+//! - [`smtp::SmtpServer`]: a real SMTP server (aiosmtpd); [`ics`]: its mails' `.ics` read
+//!   with an RFC 5545 parser.
 //! - [`free_port`], [`unique_email`].
 //!
 //! Environment:
@@ -65,6 +67,7 @@ use tempfile::TempDir;
 pub use async_nats;
 pub use reqwest::header::HeaderMap;
 pub use reqwest::{Method, StatusCode};
+pub mod ics;
 pub mod smtp;
 
 /// Default admin URL of the PostgreSQL that test databases are created on.

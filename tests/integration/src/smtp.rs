@@ -123,6 +123,11 @@ impl ReceivedAttachment {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
+
+    /// A `text/calendar` attachment read with an RFC 5545 parser.
+    pub fn invitation(&self) -> Result<crate::ics::Invitation> {
+        crate::ics::parse(&self.text())
+    }
 }
 
 /// One mail as the SMTP server stored it.

@@ -143,6 +143,16 @@ async fn an_rsvp_sends_an_invitation_and_tells_the_organizer(backend: Backend) -
     let uid = format!("{}@mesh", event.snapshot.event_id);
     assert_eq!(ics_value(&lines, "UID"), Some(uid.as_str()));
     assert_eq!(ics_value(&lines, "SEQUENCE"), Some("2"));
+    // As a calendar client reads it: the times in their zone are the event's instants.
+    let invite = ics.invitation()?;
+    assert_eq!(invite.method.as_deref(), Some("REQUEST"));
+    assert_eq!(invite.uid, uid);
+    assert_eq!(invite.sequence, Some(2));
+    assert_eq!(invite.start_tzid.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(invite.end_tzid.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(invite.starts_at, event.snapshot.starts_at);
+    assert_eq!(invite.ends_at, event.snapshot.ends_at);
+    assert_eq!(invite.time_zones, vec!["Europe/Berlin".to_owned()]);
     let attendee = ics_name(&lines, "ATTENDEE").unwrap_or_default();
     ensure!(attendee.contains("PARTSTAT=ACCEPTED"), "{attendee}");
     assert_eq!(
@@ -207,6 +217,9 @@ async fn an_rsvp_sends_an_invitation_and_tells_the_organizer(backend: Backend) -
     let lines = ics_lines(&ics.text());
     assert_eq!(ics_value(&lines, "UID"), Some(uid.as_str()));
     assert_eq!(ics_value(&lines, "SEQUENCE"), Some("4"));
+    let invite = ics.invitation()?;
+    assert_eq!(invite.method.as_deref(), Some("CANCEL"));
+    assert_eq!(invite.uid, uid, "the same UID as the invitation");
     Ok(())
 }
 
@@ -283,6 +296,12 @@ async fn a_cancellation_reaches_every_attendee_once(backend: Backend) -> Result<
             ics_value(&lines, "SEQUENCE"),
             Some(cancelled.meta.aggregate_version.to_string().as_str())
         );
+        let invite = ics.invitation()?;
+        assert_eq!(invite.method.as_deref(), Some("CANCEL"));
+        assert_eq!(invite.status.as_deref(), Some("CANCELLED"));
+        assert_eq!(invite.uid, uid);
+        assert_eq!(invite.starts_at, cancelled.event.starts_at);
+        assert_eq!(invite.ends_at, cancelled.event.ends_at);
         ensure!(
             mail.list_unsubscribe
                 .as_deref()
@@ -387,6 +406,11 @@ async fn a_time_change_updates_the_invitations(backend: Backend) -> Result<()> {
             ics_value(&lines, "DTSTART;TZID=Europe/Berlin"),
             Some("20300602T180000")
         );
+        let invite = ics.invitation()?;
+        assert_eq!(invite.method.as_deref(), Some("REQUEST"));
+        assert_eq!(invite.uid, uid);
+        assert_eq!(invite.starts_at, moved.event.starts_at, "the new start");
+        assert_eq!(invite.ends_at, moved.event.ends_at);
         let attendee = ics_name(&lines, "ATTENDEE").unwrap_or_default();
         ensure!(
             attendee.contains(&format!("PARTSTAT={partstat}")),

@@ -76,6 +76,9 @@ async fn delivery_order_does_not_change_what_is_mailed(backend: Backend) -> Resu
             ics_value(&lines, "SEQUENCE"),
             Some(cancelled.meta.aggregate_version.to_string().as_str())
         );
+        let invite = ics.invitation()?;
+        assert_eq!(invite.method.as_deref(), Some("CANCEL"));
+        assert_eq!(invite.uid, uid);
         // The cancellation's own Message-ID: had its handler known the attendee, the
         // same mail would have gone out once.
         let expected = message_id(
@@ -133,6 +136,9 @@ async fn delivery_order_does_not_change_what_is_mailed(backend: Backend) -> Resu
         ics_value(&lines, "SEQUENCE"),
         Some(moved.meta.aggregate_version.to_string().as_str())
     );
+    let invite = ics.invitation()?;
+    assert_eq!(invite.starts_at, moved.event.starts_at, "the new start");
+    assert_eq!(invite.ends_at, moved.event.ends_at);
     let text = mail.text.clone().unwrap_or_default();
     ensure!(
         text.contains("2 June 2030"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
+use integration::ics::Invitation;
 use integration::smtp::{ReceivedMail, SmtpServer};
 use integration::{Api, Backend, Mesh, ServiceProcess, StatusCode, Tokens, poll_until};
 use serde_json::{Value, json};
@@ -75,21 +76,11 @@ fn email_of(user: &Value) -> Result<String> {
         .context("user email")
 }
 
-/// The `.ics` of a mail, unfolded (RFC 5545 continuation lines joined).
-fn ics_of(mail: &ReceivedMail) -> Result<String> {
-    let part = mail
-        .attachment("text/calendar")
-        .with_context(|| format!("mail {:?} has no text/calendar part", mail.subject))?;
-    Ok(part.text().replace("\r\n ", "").replace("\r\n\t", ""))
-}
-
-/// The first `name` property of the VEVENT (the VTIMEZONE has DTSTARTs of its own).
-fn ics_line<'a>(ics: &'a str, name: &str) -> Option<&'a str> {
-    let event = ics.find("BEGIN:VEVENT").map_or(ics, |at| &ics[at..]);
-    let scope = if name == "METHOD" { ics } else { event };
-    scope
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}:")) || l.starts_with(&format!("{name};")))
+/// The `.ics` of a mail, read with an RFC 5545 parser.
+fn invitation_of(mail: &ReceivedMail) -> Result<Invitation> {
+    mail.attachment("text/calendar")
+        .with_context(|| format!("mail {:?} has no text/calendar part", mail.subject))?
+        .invitation()
 }
 
 /// A minimal Server-Sent Events reader over a streaming HTTP body.
@@ -232,19 +223,40 @@ async fn rsvp_reaches_subscribers(backend: Backend) -> Result<()> {
             m.attachment("text/calendar").is_some()
         })
         .await?;
-    let ics = ics_of(&confirmation)?;
+    let invite = invitation_of(&confirmation)?;
     ensure!(
-        ics_line(&ics, "METHOD") == Some("METHOD:REQUEST"),
-        "METHOD: {ics}"
+        invite.method.as_deref() == Some("REQUEST"),
+        "METHOD: {invite:?}"
     );
-    let uid = ics_line(&ics, "UID").context("UID")?.to_owned();
+    let uid = invite.uid.clone();
     ensure!(uid.contains(&event_id), "UID names the event: {uid}");
-    let dtstart = ics_line(&ics, "DTSTART").context("DTSTART")?;
-    let dtend = ics_line(&ics, "DTEND").context("DTEND")?;
+    // DTSTART/DTEND, written in the event's zone, name the instants calendar stored.
+    let (status, _, event) = api
+        .get(&format!("/v1/events/{event_id}"), Some(&org.access))
+        .await?;
+    ensure!(status == StatusCode::OK, "get event: {status} {event}");
+    let instant = |field: &str| -> Result<jiff::Timestamp> {
+        event[field]
+            .as_str()
+            .with_context(|| format!("{field} in {event}"))?
+            .parse()
+            .with_context(|| format!("{field} in {event}"))
+    };
     ensure!(
-        dtstart == "DTSTART;TZID=Europe/Berlin:20300601T180000"
-            && dtend == "DTEND;TZID=Europe/Berlin:20300601T210000",
-        "times in the event's zone: {dtstart} / {dtend}"
+        invite.start_tzid.as_deref() == Some("Europe/Berlin")
+            && invite.end_tzid.as_deref() == Some("Europe/Berlin"),
+        "times in the event's zone: {invite:?}"
+    );
+    ensure!(
+        invite.starts_at == instant("starts_at")? && invite.ends_at == instant("ends_at")?,
+        "invitation {} - {} vs event {event}",
+        invite.starts_at,
+        invite.ends_at
+    );
+    ensure!(
+        invite.starts_at == "2030-06-01T16:00:00Z".parse::<jiff::Timestamp>()?,
+        "18:00 in Berlin in June is 16:00 UTC: {}",
+        invite.starts_at
     );
     ensure!(
         confirmation
@@ -333,13 +345,14 @@ async fn rsvp_reaches_subscribers(backend: Backend) -> Result<()> {
     for address in [&alice_email, &bob_email] {
         let cancel = smtp
             .wait_for(address, MAIL_WAIT, |m| {
-                ics_of(m).is_ok_and(|ics| ics_line(&ics, "METHOD") == Some("METHOD:CANCEL"))
+                invitation_of(m).is_ok_and(|i| i.method.as_deref() == Some("CANCEL"))
             })
             .await?;
-        let ics = ics_of(&cancel)?;
+        let cancelled = invitation_of(&cancel)?;
+        ensure!(cancelled.uid == uid, "same UID on cancel: {cancelled:?}");
         ensure!(
-            ics_line(&ics, "UID") == Some(uid.as_str()),
-            "same UID on cancel: {ics}"
+            cancelled.starts_at == invite.starts_at,
+            "the cancelled occurrence: {cancelled:?}"
         );
     }
     // and the attendee's live history has it too
