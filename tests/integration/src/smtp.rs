@@ -252,12 +252,15 @@ fn handler_dir() -> PathBuf {
 }
 
 /// A private aiosmtpd on a free port that stores every mail in a maildir, and refuses
-/// with a permanent 550 every recipient whose address starts with `reject`. Killed on
-/// drop.
+/// with a permanent 550 every recipient whose address starts with `reject`. While
+/// [`SmtpServer::hold`] is on, mails wait at DATA (in flight on the client's side). Killed
+/// on drop.
 pub struct SmtpServer {
     port: u16,
     maildir: PathBuf,
     log: PathBuf,
+    /// Exists while mails are held (see `mesh_smtp.py`).
+    hold_file: PathBuf,
     tools: PathBuf,
     child: Option<Child>,
     // Last field: removed after the child is gone.
@@ -276,6 +279,7 @@ impl SmtpServer {
             port: free_port(),
             maildir: dir.path().join("maildir"),
             log: dir.path().join("aiosmtpd.log"),
+            hold_file: dir.path().join("hold"),
             tools,
             child: None,
             _dir: dir,
@@ -309,6 +313,7 @@ impl SmtpServer {
                 std::env::join_paths(paths).context("Failed to build PYTHONPATH")?
             })
             .env("PYTHONUNBUFFERED", "1")
+            .env("MESH_SMTP_HOLD_FILE", &self.hold_file)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -471,6 +476,42 @@ impl SmtpServer {
     pub fn log_text(&self) -> String {
         read_lossy(&self.log)
     }
+
+    /// From now on every mail waits at DATA, unanswered, until [`Self::release`]: the
+    /// sender has it in flight. Each held mail is listed by [`Self::held`].
+    pub fn hold(&self) -> Result<()> {
+        std::fs::write(&self.hold_file, b"")
+            .with_context(|| format!("cannot create {}", self.hold_file.display()))
+    }
+
+    /// Ends the hold: held mails are accepted (those whose sender is still connected).
+    pub fn release(&self) -> Result<()> {
+        match std::fs::remove_file(&self.hold_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", self.hold_file.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Message-IDs of the mails held so far (each time one was held).
+    pub fn held(&self) -> Vec<String> {
+        self.log_entries("HOLDING ")
+    }
+
+    /// Message-IDs of held mails whose sender disconnected before the hold ended: never
+    /// accepted, so not delivered.
+    pub fn lost(&self) -> Vec<String> {
+        self.log_entries("LOST ")
+    }
+
+    fn log_entries(&self, prefix: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|id| id.trim().trim_matches(['<', '>']).to_owned())
+            .collect()
+    }
 }
 
 impl Drop for SmtpServer {
@@ -522,6 +563,55 @@ mod tests {
         writer.write_all(b"\r\n.\r\n")?;
         expect("250")?;
         writer.write_all(b"QUIT\r\n")?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_mails_in_flight_and_a_dropped_sender_loses_its_mail() -> Result<()> {
+        let smtp = SmtpServer::start().await?;
+        let port = smtp.port();
+        let mail = |id: &str| {
+            format!("From: a@example.com\r\nTo: b@example.com\r\nMessage-ID: <{id}@mesh>\r\n\r\nhi")
+        };
+        smtp.hold()?;
+        let kept = mail("kept");
+        let sender = tokio::task::spawn_blocking(move || send_raw(port, "b@example.com", &kept));
+        poll_until(Duration::from_secs(10), "a held mail", || async {
+            (smtp.held() == ["kept@mesh"]).then_some(())
+        })
+        .await?;
+        assert!(smtp.messages()?.is_empty(), "not accepted while held");
+        assert!(!sender.is_finished(), "the sender waits for the reply");
+
+        // A sender that goes away while its mail is held: never accepted.
+        let dropped = mail("dropped");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                for line in [
+                    "EHLO t\r\n",
+                    "MAIL FROM:<a@example.com>\r\n",
+                    "RCPT TO:<b@example.com>\r\n",
+                    "DATA\r\n",
+                ] {
+                    let _ = s.write_all(line.as_bytes());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = s.write_all(format!("{dropped}\r\n.\r\n").as_bytes());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        poll_until(Duration::from_secs(10), "the dropped mail lost", || async {
+            (smtp.lost() == ["dropped@mesh"]).then_some(())
+        })
+        .await?;
+
+        smtp.release()?;
+        sender.await??;
+        let got = smtp.wait_for_count(1, Duration::from_secs(10)).await?;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].message_id.as_deref(), Some("kept@mesh"));
+        assert_eq!(smtp.lost(), ["dropped@mesh"]);
         Ok(())
     }
 
