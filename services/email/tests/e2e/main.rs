@@ -661,3 +661,93 @@ async fn the_binary_writes_eml_files_without_smtp_and_stops_on_sigterm() -> Resu
     );
     Ok(())
 }
+
+/// SIGTERM while a mail is in flight (the SMTP server holds it at DATA): the binary keeps
+/// running until the server accepts the mail, acknowledges the message, and only then
+/// exits, cleanly. Restarted, it sends nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_mail_in_flight() -> Result<()> {
+    let nats = integration::NatsServer::start().await?;
+    let js = nats.jetstream().await?;
+    let smtp = integration::smtp::SmtpServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let env: std::collections::HashMap<String, String> = [
+        ("NATS_URL", nats.url()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("email.db").display()),
+        ),
+        ("SMTP_URL", smtp.url()),
+        // The held mail waits for the release, not for a client timeout.
+        ("SMTP_TIMEOUT_MS", "30000".to_owned()),
+        ("SHUTDOWN_GRACE_MS", "30000".to_owned()),
+        ("PUBLIC_BASE_URL", BASE_URL.to_owned()),
+        ("EMAIL_BACKOFF_MS", "5000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut service = integration::ServiceProcess::spawn_binary(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_mesh-email")),
+        env,
+    )?;
+    service.wait_ready(WAIT).await?;
+
+    smtp.hold()?;
+    let ann = User::new("Ann");
+    let seq = publish(&js, &ann.registered()).await?;
+    integration::poll_until(WAIT, "the welcome mail in flight", || async {
+        (!smtp.held().is_empty()).then_some(())
+    })
+    .await?;
+
+    let log = service.log_path().to_owned();
+    let (status, released) =
+        tokio::join!(service.terminate_within(Duration::from_secs(40)), async {
+            // SIGTERM arrived and the service is draining, with the mail still held.
+            integration::poll_until(WAIT, "the service to start draining", || async {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains("shutdown signal received, draining")
+                    .then_some(())
+            })
+            .await?;
+            ensure!(smtp.messages()?.is_empty(), "not accepted yet");
+            ensure!(smtp.lost().is_empty(), "the mail in flight was abandoned");
+            smtp.release()
+        });
+    released?;
+    let status = status?;
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        smtp.lost().is_empty(),
+        "the service hung up on its mail in flight"
+    );
+    assert_eq!(
+        smtp.messages_to(&ann.email)?.len(),
+        1,
+        "delivered during the drain"
+    );
+    let info = consumer_info(&js, "AUTH", contracts::subjects::durables::EMAIL_AUTH).await?;
+    assert_eq!(info.num_ack_pending, 0, "acknowledged before exit");
+    assert_eq!(info.num_redelivered, 0);
+    ensure!(
+        info.ack_floor.stream_sequence >= seq,
+        "ack floor {} < {seq}",
+        info.ack_floor.stream_sequence
+    );
+
+    // Restarted: the next message is handled, the drained one is not mailed again.
+    service.respawn()?;
+    service.wait_ready(WAIT).await?;
+    let bob = User::new("Bob");
+    let next = publish(&js, &bob.registered()).await?;
+    smtp.wait_for(&bob.email, WAIT, |_| true).await?;
+    let info = wait_auth(&js, next).await?;
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(smtp.messages_to(&ann.email)?.len(), 1, "nothing sent twice");
+    assert_eq!(smtp.messages()?.len(), 2);
+    let status = service.terminate().await?;
+    ensure!(status.success(), "exit status {status}");
+    Ok(())
+}
