@@ -625,3 +625,146 @@ async fn smtp_outage(backend: Backend) -> Result<()> {
     );
     mesh.shutdown().await
 }
+
+/// Waits until `stream` holds at least `messages` messages (the outbox relay publishes
+/// after the request's answer), then until the named durables have settled them.
+async fn settled(mesh: &Mesh, messages: u64, durables: &[(&str, &str)]) -> Result<()> {
+    let js = mesh.nats().jetstream().await?;
+    if let Some((stream, _)) = durables.first() {
+        poll_until(
+            MAIL_WAIT,
+            &format!("{messages} messages in {stream}"),
+            || {
+                let js = js.clone();
+                async move {
+                    let mut s = js.get_stream(*stream).await.ok()?;
+                    (s.info().await.ok()?.state.messages >= messages).then_some(())
+                }
+            },
+        )
+        .await?;
+    }
+    for (stream, durable) in durables {
+        integration::wait_settled(&js, stream, durable, Duration::from_secs(60)).await?;
+    }
+    Ok(())
+}
+
+async fn put_preferences(api: &Api, tokens: &Tokens, preferences: &Value) -> Result<()> {
+    let (status, _, body) = api
+        .put("/v1/me/preferences", Some(&tokens.access), preferences)
+        .await?;
+    ensure!(status == StatusCode::OK, "preferences: {status} {body}");
+    Ok(())
+}
+
+/// The notifications in a user's history.
+async fn history(api: &Api, tokens: &Tokens) -> Result<Vec<Value>> {
+    let (status, _, page) = api
+        .get("/v1/notifications?limit=200", Some(&tokens.access))
+        .await?;
+    ensure!(status == StatusCode::OK, "history: {status} {page}");
+    Ok(page["items"].as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferences_turn_mails_and_notifications_off_end_to_end() -> Result<()> {
+    on_each_backend(preferences_end_to_end).await
+}
+
+/// `PUT /v1/me/preferences` → auth publishes PreferencesChanged → email and push each
+/// honour their channel for the next RSVP.
+async fn preferences_end_to_end(backend: Backend) -> Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let mesh = mesh_with_subscribers(backend, &smtp).await?;
+    let api = mesh.api();
+    let auth_durables = [
+        ("AUTH", contracts::subjects::durables::EMAIL_AUTH),
+        ("AUTH", contracts::subjects::durables::PUSH_AUTH),
+    ];
+    let calendar_durables = [
+        ("CALENDAR", contracts::subjects::durables::EMAIL_CALENDAR),
+        ("CALENDAR", contracts::subjects::durables::PUSH_CALENDAR),
+    ];
+    let (organizer, org) = api.new_user("Olga Organizer").await?;
+    let (alice, alice_tokens) = api.new_user("Alice Attendee").await?;
+    let (bob, bob_tokens) = api.new_user("Bob Attendee").await?;
+    let (org_email, alice_email, bob_email) =
+        (email_of(&organizer)?, email_of(&alice)?, email_of(&bob)?);
+    // The organizer wants no RSVP news by mail but does on push; Alice wants no
+    // confirmation on push but does by mail; Bob keeps the defaults (all on).
+    put_preferences(
+        &api,
+        &org,
+        &json!({"email": {"rsvp_received": false}, "push": {}}),
+    )
+    .await?;
+    put_preferences(
+        &api,
+        &alice_tokens,
+        &json!({"email": {}, "push": {"rsvp_confirmation": false}}),
+    )
+    .await?;
+    let (status, _, stored) = api.get("/v1/me/preferences", Some(&org.access)).await?;
+    ensure!(
+        status == StatusCode::OK && stored["email"]["rsvp_received"] == false,
+        "stored preferences: {status} {stored}"
+    );
+    // Both subscribers have the new preferences before the RSVPs are handled (the two
+    // streams are not ordered with each other).
+    // Three registrations and two preference changes.
+    settled(&mesh, 5, &auth_durables).await?;
+
+    let event_id = create_event(&api, &org, "Preferences meetup", 10).await?;
+    rsvp(&api, &alice_tokens, &event_id, "going").await?;
+    rsvp(&api, &bob_tokens, &event_id, "going").await?;
+    for address in [&alice_email, &bob_email] {
+        smtp.wait_for(address, MAIL_WAIT, |m| {
+            m.attachment("text/calendar").is_some()
+        })
+        .await?;
+    }
+    // The event and two RSVPs.
+    settled(&mesh, 3, &calendar_durables).await?;
+
+    // Email: no RSVP news to the organizer; confirmations to both attendees.
+    let to_org: Vec<_> = smtp
+        .messages_to(&org_email)?
+        .into_iter()
+        .filter_map(|m| m.subject)
+        .collect();
+    ensure!(
+        to_org.len() == 1 && to_org[0].starts_with("Welcome"),
+        "the organizer turned RSVP mails off: {to_org:?}"
+    );
+    // Push: the organizer hears of both; Alice gets no confirmation, Bob does.
+    let kinds = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|n| n["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let org_items = history(&api, &org).await?;
+    ensure!(
+        kinds(&org_items) == ["rsvp_received", "rsvp_received"],
+        "organizer's notifications: {org_items:?}"
+    );
+    ensure!(
+        history(&api, &alice_tokens).await?.is_empty(),
+        "Alice turned push confirmations off"
+    );
+    ensure!(
+        kinds(&history(&api, &bob_tokens).await?) == ["rsvp_confirmation"],
+        "Bob keeps the defaults"
+    );
+
+    // Turned back on, the organizer is mailed about the next answer.
+    put_preferences(&api, &org, &json!({})).await?;
+    settled(&mesh, 6, &auth_durables).await?;
+    rsvp(&api, &bob_tokens, &event_id, "maybe").await?;
+    smtp.wait_for(&org_email, MAIL_WAIT, |m| {
+        m.subject.as_deref().is_some_and(|s| s.contains("Bob"))
+    })
+    .await?;
+    mesh.shutdown().await
+}
