@@ -23,8 +23,8 @@
 //! - an RSVP reads the event as held after it: when a cancellation newer than the
 //!   answer is already there, the attendee gets that cancellation (`METHOD:CANCEL`,
 //!   under the cancellation's own Message-ID, so at most one goes out) instead of an
-//!   invitation to a cancelled event; when the event changed since the answer (a new
-//!   time), the confirmation shows it as held now.
+//!   invitation to a cancelled event; when the event moved since the answer (a new
+//!   time), the confirmation shows it as held now (with that version as SEQUENCE).
 //!
 //! So whichever of an RSVP and a cancellation is handled second sees the other.
 //!
@@ -154,7 +154,7 @@ enum Content<'a> {
     RsvpConfirmation {
         rsvp: &'a RsvpChangedV1,
         /// The event as the confirmation shows it: the RSVP's snapshot, or the read
-        /// model's when that is newer (a time change handled first).
+        /// model's when the event moved since (a time change handled first).
         event: &'a EventSnapshot,
         /// The invitation's SEQUENCE: the version of `event`.
         version: u64,
@@ -400,6 +400,16 @@ impl Processor {
                     Applied::Event(held) if held.version > version => Some(held),
                     _ => None,
                 };
+                // Moved since the answer (a time change handled first, which did not
+                // know this attendee): the confirmation shows the event as it is now.
+                // Other changes since (counts, wording) leave the answer's snapshot.
+                let moved = newer.filter(|held| {
+                    (
+                        held.snapshot.starts_at,
+                        held.snapshot.ends_at,
+                        &held.snapshot.time_zone,
+                    ) != (e.event.starts_at, e.event.ends_at, &e.event.time_zone)
+                });
                 let cancelled_since = newer.and_then(|held| {
                     held.cancel
                         .filter(|c| c.version > version)
@@ -421,7 +431,7 @@ impl Processor {
                         source: Some(cancel.message_id),
                     },
                     _ => {
-                        let (event, version) = match newer {
+                        let (event, version) = match moved {
                             Some(held) => (&held.snapshot, held.version),
                             None => (&e.event, version),
                         };
