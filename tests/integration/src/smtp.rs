@@ -95,6 +95,40 @@ pub fn ensure_aiosmtpd() -> Result<PathBuf> {
     Ok(tools)
 }
 
+/// The STARTTLS server's certificate authority, certificate and credentials.
+#[derive(Debug, Clone)]
+struct TlsSetup {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    user: String,
+    password: String,
+}
+
+/// A CA and a certificate it signed for `localhost` and `127.0.0.1`, as PEM files in
+/// `dir`.
+fn make_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mesh test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?
+        .signed_by(&key, &ca)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
+}
+
 /// One attachment of a received mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedAttachment {
@@ -261,6 +295,8 @@ pub struct SmtpServer {
     log: PathBuf,
     /// Exists while mails are held (see `mesh_smtp.py`).
     hold_file: PathBuf,
+    /// STARTTLS and AUTH required (see [`SmtpServer::start_tls`]).
+    tls: Option<TlsSetup>,
     tools: PathBuf,
     child: Option<Child>,
     // Last field: removed after the child is gone.
@@ -270,6 +306,17 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts aiosmtpd on a free port; returns once it greets with `220`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], but the server requires STARTTLS (with a certificate for
+    /// `localhost` from a CA of its own, [`Self::ca_file`]) and then AUTH with `user` and
+    /// `password`. Logs `AUTH OK <user>` / `AUTH FAILED <user>` and `DATA over TLS`.
+    pub async fn start_tls(user: &str, password: &str) -> Result<Self> {
+        Self::start_with(Some((user.to_owned(), password.to_owned()))).await
+    }
+
+    async fn start_with(credentials: Option<(String, String)>) -> Result<Self> {
         let tools = ensure_aiosmtpd()?;
         let dir = tempfile::Builder::new()
             .prefix("mesh-smtp-")
@@ -280,6 +327,19 @@ impl SmtpServer {
             maildir: dir.path().join("maildir"),
             log: dir.path().join("aiosmtpd.log"),
             hold_file: dir.path().join("hold"),
+            tls: match credentials {
+                Some((user, password)) => {
+                    let (ca, cert, key) = make_certificates(dir.path())?;
+                    Some(TlsSetup {
+                        ca,
+                        cert,
+                        key,
+                        user,
+                        password,
+                    })
+                }
+                None => None,
+            },
             tools,
             child: None,
             _dir: dir,
@@ -303,20 +363,33 @@ impl SmtpServer {
         );
         let (stdout, stderr) = log_stdio(&self.log)?;
         let mut cmd = Command::new(python());
-        cmd.args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "mesh_smtp.RejectingMailbox"])
-            .arg(&self.maildir)
-            .env("PYTHONPATH", {
-                let mut paths = vec![handler_dir()];
-                paths.extend(std::env::split_paths(&python_path(&self.tools)?));
-                std::env::join_paths(paths).context("Failed to build PYTHONPATH")?
-            })
-            .env("PYTHONUNBUFFERED", "1")
-            .env("MESH_SMTP_HOLD_FILE", &self.hold_file)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        match &self.tls {
+            None => {
+                cmd.args(["-m", "aiosmtpd", "-n", "-l"])
+                    .arg(format!("127.0.0.1:{}", self.port))
+                    .args(["-c", "mesh_smtp.RejectingMailbox"])
+                    .arg(&self.maildir);
+            }
+            Some(tls) => {
+                cmd.args(["-m", "mesh_smtp", "127.0.0.1"])
+                    .arg(self.port.to_string())
+                    .arg(&self.maildir)
+                    .env("MESH_SMTP_TLS_CERT", &tls.cert)
+                    .env("MESH_SMTP_TLS_KEY", &tls.key)
+                    .env("MESH_SMTP_USER", &tls.user)
+                    .env("MESH_SMTP_PASSWORD", &tls.password);
+            }
+        }
+        cmd.env("PYTHONPATH", {
+            let mut paths = vec![handler_dir()];
+            paths.extend(std::env::split_paths(&python_path(&self.tools)?));
+            std::env::join_paths(paths).context("Failed to build PYTHONPATH")?
+        })
+        .env("PYTHONUNBUFFERED", "1")
+        .env("MESH_SMTP_HOLD_FILE", &self.hold_file)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
         sys::die_with_parent(&mut cmd);
         let child = cmd.spawn().context("Failed to start python3 -m aiosmtpd")?;
         self.child = Some(child);
@@ -362,9 +435,21 @@ impl SmtpServer {
         greeted
     }
 
-    /// `smtp://127.0.0.1:<port>` (plain, no authentication): the `SMTP_URL`.
+    /// The `SMTP_URL`: `smtp://127.0.0.1:<port>` (plain, no authentication), or for
+    /// [`Self::start_tls`] `smtp://<user>:<password>@localhost:<port>?tls=required`.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        match &self.tls {
+            None => format!("smtp://127.0.0.1:{}", self.port),
+            Some(tls) => format!(
+                "smtp://{}:{}@localhost:{}?tls=required",
+                tls.user, tls.password, self.port
+            ),
+        }
+    }
+
+    /// The CA the STARTTLS server's certificate is signed by (the `SMTP_TLS_CA_FILE`).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
     }
 
     pub fn port(&self) -> u16 {
@@ -612,6 +697,19 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].message_id.as_deref(), Some("kept@mesh"));
         assert_eq!(smtp.lost(), ["dropped@mesh"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_tls_server_refuses_mail_before_starttls() -> Result<()> {
+        let smtp = SmtpServer::start_tls("mesh", "s3cret").await?;
+        assert!(smtp.url().ends_with("?tls=required"), "{}", smtp.url());
+        let ca = std::fs::read_to_string(smtp.ca_file().context("a CA")?)?;
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        let err = send_raw(smtp.port(), "b@example.com", "Subject: x\r\n\r\nx")
+            .expect_err("plain text is refused");
+        assert!(err.to_string().contains("530"), "{err}");
+        assert!(smtp.messages()?.is_empty());
         Ok(())
     }
 

@@ -141,6 +141,7 @@ impl TestEnv {
             database_url: self.db.url().to_owned(),
             smtp_url: Some(self.smtp.url()),
             smtp_timeout: Duration::from_secs(3),
+            smtp_tls_ca: None,
             file_dir: self.dir.path().join("mail"),
             from: DEFAULT_FROM.into(),
             public_base_url: BASE_URL.into(),

@@ -751,3 +751,49 @@ async fn sigterm_drains_the_mail_in_flight() -> Result<()> {
     ensure!(status.success(), "exit status {status}");
     Ok(())
 }
+
+/// A real SMTP server that requires STARTTLS (its certificate signed by a CA of its own,
+/// trusted through `SMTP_TLS_CA_FILE`) and then AUTH with the credentials in `SMTP_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_with_credentials() -> Result<()> {
+    let nats = integration::NatsServer::start().await?;
+    let smtp = integration::smtp::SmtpServer::start_tls("mesh", "s3cret").await?;
+    let dir = tempfile::tempdir()?;
+    let db = integration::TestDb::create(Backend::Sqlite, dir.path(), "email").await?;
+    let js = nats.jetstream().await?;
+    runtime::nats::provision_streams(&js, contracts::subjects::ALL_STREAMS).await?;
+    let env = TestEnv {
+        nats,
+        smtp,
+        js,
+        db,
+        app: None,
+        dir,
+    };
+    let mut config = env.config();
+    ensure!(
+        config.smtp_url.as_deref().is_some_and(
+            |u| u.starts_with("smtp://mesh:s3cret@localhost:") && u.ends_with("?tls=required")
+        ),
+        "{:?}",
+        config.smtp_url
+    );
+    config.smtp_tls_ca = env.smtp.ca_file().map(std::path::Path::to_path_buf);
+    let app = spawn(config).await?;
+
+    let ann = User::new("Ann");
+    publish(&env.js, &ann.registered()).await?;
+    let mail = env.smtp.wait_for(&ann.email, WAIT, |_| true).await?;
+    ensure!(
+        mail.subject
+            .as_deref()
+            .is_some_and(|s| s.contains("Welcome")),
+        "{:?}",
+        mail.subject
+    );
+    let log = env.smtp.log_text();
+    ensure!(log.contains("AUTH OK mesh"), "logged in: {log}");
+    ensure!(log.contains("DATA over TLS"), "sent over TLS: {log}");
+    ensure!(!log.contains("AUTH FAILED"), "{log}");
+    app.stop().await
+}
