@@ -152,6 +152,10 @@ fn tls_trusting(url: &str, ca_file: &Path) -> Result<Tls, MailerError> {
         .find(|(k, _)| k == "tls")
         .map(|(_, v)| v.into_owned());
     let pem = std::fs::read(ca_file).map_err(|e| ca_error(e.to_string()))?;
+    // lettre accepts a file without any certificate (and then trusts nothing more).
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ca_error("holds no PEM certificate".into()));
+    }
     let certificate = Certificate::from_pem(&pem).map_err(|e| ca_error(e.to_string()))?;
     let parameters = TlsParameters::builder(host)
         .add_root_certificate(certificate)
