@@ -47,7 +47,9 @@ async fn concurrent_stores_for_one_user_resume_without_a_miss(backend: Backend) 
     let test_db = TestDb::new(backend).await?;
     let db = Database::connect(test_db.url(), &push::MIGRATIONS).await?;
     let user = Uuid::now_v7();
-    const WRITERS: usize = 12;
+    // Each writer holds a connection: kept few, PostgreSQL's connections are shared by
+    // every test running at once.
+    const WRITERS: usize = 8;
     let committed = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for i in 0..WRITERS {
@@ -66,7 +68,7 @@ async fn concurrent_stores_for_one_user_resume_without_a_miss(backend: Backend) 
             // user order and never blocks this user's readers.
             store::insert_notification(&mut tx, &draft(Uuid::now_v7(), "other"), Timestamp::now())
                 .await?;
-            tokio::time::sleep(Duration::from_millis(((WRITERS - i) * 15) as u64)).await;
+            tokio::time::sleep(Duration::from_millis(((WRITERS - i) * 20) as u64)).await;
             tx.commit().await?;
             committed.fetch_add(1, Ordering::SeqCst);
             anyhow::Ok(stored.id)
@@ -130,6 +132,8 @@ async fn concurrent_stores_for_one_user_resume_without_a_miss(backend: Backend) 
     assert_eq!(first.map(|n| n.seq), Some(WRITERS as u64 + 1));
     assert_eq!(repeat, None);
     assert_eq!(next.map(|n| n.seq), Some(WRITERS as u64 + 2));
+    drop(conn);
+    db.pool.close().await;
     Ok(())
 }
 
