@@ -31,7 +31,8 @@ commands:
         .mesh/logs), wait until every /readyz answers, then run until Ctrl-C
   test [cargo test args]
         install nats-server and aiosmtpd into .tools, make sure PostgreSQL answers
-        (TEST_DATABASE_URL), build the binaries, run `cargo test --workspace [args]`
+        (TEST_DATABASE_URL), build the binaries, run `cargo test --workspace [args]`,
+        then print the figures tests reported (MESH_TEST_REPORT, e.g. mail counts)
   lint  cargo fmt --check, then clippy on every target with -D warnings
   tools install nats-server and aiosmtpd into .tools and print their paths
   compose-check
@@ -187,8 +188,25 @@ fn test(root: &Path, extra: &[String]) -> Result<i32> {
     if !selects_packages {
         test.arg("--workspace");
     }
-    test.args(extra).envs(env);
+    // Figures the tests measured (integration::report), printed after the run: cargo's
+    // test runner hides a passing test's output, and these belong in the CI log.
+    let report = target_dir(root).join("test-report.txt");
+    if let Err(e) = std::fs::remove_file(&report)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        bail!("cannot remove {}: {e}", report.display());
+    }
+    test.args(extra).envs(env).env("MESH_TEST_REPORT", &report);
     let status = test.status().context("Failed to run cargo test")?;
+    if let Ok(lines) = std::fs::read_to_string(&report)
+        && !lines.trim().is_empty()
+    {
+        println!(
+            "\n== test report ({})\n{}",
+            report.display(),
+            lines.trim_end()
+        );
+    }
     Ok(status.code().unwrap_or(1))
 }
 

@@ -69,6 +69,7 @@ async fn body(ctx: &mut Ctx, mesh: &BenchMesh, baseline: baselines::SseBaseline)
     for user in &users {
         let notification = Notification {
             id: Uuid::now_v7(),
+            seq: None,
             kind: NotificationKind::RsvpReceived,
             title: "bench fan-out".to_owned(),
             body: String::new(),

@@ -110,6 +110,7 @@ impl Application {
             config.smtp_url.as_deref(),
             config.smtp_timeout,
             &config.file_dir,
+            config.smtp_tls_ca.as_deref(),
         )?;
         let templates = Templates::new()?;
         let from = Mailbox::from_str(&config.from).map_err(|e| StartError::From {

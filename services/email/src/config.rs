@@ -6,6 +6,7 @@
 //! | `DATABASE_URL` | `sqlite://.mesh/data/email.db` | `sqlite://…` or `postgres://…` |
 //! | `SMTP_URL` | unset | `smtp://user:pass@host:port` (plain), `smtp://…?tls=required` (STARTTLS), `smtps://…` (implicit TLS); unset writes `.eml` files instead |
 //! | `SMTP_TIMEOUT_MS` | `10000` | SMTP connect/command timeout |
+//! | `SMTP_TLS_CA_FILE` | unset | PEM certificates trusted for the SMTP server's certificate besides the built-in roots (a private relay's CA); needs a TLS `SMTP_URL` |
 //! | `EMAIL_FILE_DIR` | `.mesh/mail` | folder of the file transport |
 //! | `EMAIL_FROM` | `Mesh <no-reply@mesh.localhost>` | sender |
 //! | `PUBLIC_BASE_URL` | `http://127.0.0.1:8080` | base of every link in a mail |
@@ -39,6 +40,8 @@ pub struct Config {
     /// `None`: the file transport.
     pub smtp_url: Option<String>,
     pub smtp_timeout: Duration,
+    /// `SMTP_TLS_CA_FILE`.
+    pub smtp_tls_ca: Option<PathBuf>,
     pub file_dir: PathBuf,
     pub from: String,
     pub public_base_url: String,
@@ -55,6 +58,7 @@ impl Config {
             database_url: config::string("DATABASE_URL", DEFAULT_DATABASE_URL),
             smtp_url: config::var("SMTP_URL"),
             smtp_timeout: config::millis("SMTP_TIMEOUT_MS", 10_000)?,
+            smtp_tls_ca: config::var("SMTP_TLS_CA_FILE").map(PathBuf::from),
             file_dir: PathBuf::from(config::string("EMAIL_FILE_DIR", DEFAULT_FILE_DIR)),
             from: config::string("EMAIL_FROM", DEFAULT_FROM),
             public_base_url: config::string("PUBLIC_BASE_URL", DEFAULT_PUBLIC_BASE_URL),
@@ -83,6 +87,7 @@ impl std::fmt::Debug for Config {
                     .map(crate::transport::mask_password),
             )
             .field("smtp_timeout", &self.smtp_timeout)
+            .field("smtp_tls_ca", &self.smtp_tls_ca)
             .field("file_dir", &self.file_dir)
             .field("from", &self.from)
             .field("public_base_url", &self.public_base_url)
@@ -112,6 +117,7 @@ mod tests {
             database_url: "postgres://u:dbsecret@h/db".into(),
             smtp_url: Some("smtp://u:smtpsecret@h:25".into()),
             smtp_timeout: Duration::from_secs(1),
+            smtp_tls_ca: None,
             file_dir: PathBuf::from("x"),
             from: DEFAULT_FROM.into(),
             public_base_url: DEFAULT_PUBLIC_BASE_URL.into(),

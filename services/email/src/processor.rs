@@ -14,6 +14,23 @@
 //!    INSERT wide, and the duplicate carries the same Message-ID.
 //! 4. The ledger row is written last: a failure anywhere before it means redelivery,
 //!    and step 3 makes the redelivery send only the mails still missing.
+//!
+//! Deliveries of one event are handled concurrently and out of order (retries reorder
+//! them), so each rule holds in any order. Every change of one calendar event takes
+//! that event's row first in its transaction (the upsert locks it on PostgreSQL; SQLite
+//! has one writer), and reads what it mails from inside that transaction:
+//! - a cancellation or time change tells the attendees going or maybe at that moment;
+//! - an RSVP reads the event as held after it: when a cancellation newer than the
+//!   answer is already there, the attendee gets that cancellation (`METHOD:CANCEL`,
+//!   under the cancellation's own Message-ID, so at most one goes out) instead of an
+//!   invitation to a cancelled event; when the event moved since the answer (a new
+//!   time), the confirmation shows it as held now (with that version as SEQUENCE).
+//!
+//! So whichever of an RSVP and a cancellation is handled second sees the other.
+//!
+//! Mails go out only for events younger than `EMAIL_MAX_EVENT_AGE_SECS`, except a
+//! replay from the message hospital: an operator asked for it, so however late, its
+//! mails are sent (they were due when it failed).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +49,7 @@ use uuid::Uuid;
 use crate::compose::{self, CalendarPart, ComposeError, Kind, Outgoing};
 use crate::ics::{self, Invitation, Method, PartStat, Party};
 use crate::incoming::Incoming;
-use crate::store::{self, StoreError, UserRow};
+use crate::store::{self, AttendeeRow, Cancellation, StoreError, StoredEvent, UserRow};
 use crate::templates::{Bodies, TemplateError, Templates};
 use crate::transport::{Mailer, SendError};
 
@@ -134,7 +151,14 @@ enum Content<'a> {
         token: &'a str,
         expires_at: Timestamp,
     },
-    RsvpConfirmation(&'a RsvpChangedV1),
+    RsvpConfirmation {
+        rsvp: &'a RsvpChangedV1,
+        /// The event as the confirmation shows it: the RSVP's snapshot, or the read
+        /// model's when the event moved since (a time change handled first).
+        event: &'a EventSnapshot,
+        /// The invitation's SEQUENCE: the version of `event`.
+        version: u64,
+    },
     RsvpReceived(&'a RsvpChangedV1),
     EventUpdated {
         event: &'a EventSnapshot,
@@ -155,6 +179,21 @@ struct Job<'a> {
     kind: Kind,
     to: Target,
     content: Content<'a>,
+    /// The message the mail is about, when not the one being handled (its Message-ID
+    /// derives from it): a cancellation sent on behalf of a later-handled RSVP.
+    source: Option<Uuid>,
+}
+
+/// What applying an event found out, for planning its mails: read in the same
+/// transaction, behind the event's row.
+#[derive(Debug, Clone)]
+enum Applied {
+    Nothing,
+    /// A cancellation or time change: who was going or maybe at that moment.
+    Attendees(Vec<AttendeeRow>),
+    /// An RSVP: the event as held after it (newer than the RSVP's own snapshot when a
+    /// later change was handled first).
+    Event(StoredEvent),
 }
 
 /// A resolved recipient.
@@ -212,11 +251,12 @@ impl Processor {
             report.already_processed = true;
             return Ok(report);
         }
-        self.apply(&incoming)
+        let applied = self
+            .apply(&incoming)
             .await
             .map_err(HandlerError::transient)?;
-        if self.is_fresh(meta.occurred_at) {
-            let jobs = self.plan(&incoming).await.map_err(HandlerError::from)?;
+        if delivery.replay_of.is_some() || self.is_fresh(meta.occurred_at) {
+            let jobs = self.plan(&incoming, &applied);
             self.deliver(&source, &jobs, &mut report).await?;
         } else {
             // A first start replays the streams to build the read models; mailing
@@ -247,9 +287,10 @@ impl Processor {
     }
 
     /// Updates the read models an event touches.
-    async fn apply(&self, incoming: &Incoming) -> Result<(), StoreError> {
-        let version = incoming.meta().aggregate_version;
-        match incoming {
+    async fn apply(&self, incoming: &Incoming) -> Result<Applied, StoreError> {
+        let meta = incoming.meta();
+        let version = meta.aggregate_version;
+        let applied = match incoming {
             Incoming::UserRegistered(e) => {
                 let mut conn = self.db.pool.acquire().await?;
                 store::upsert_user(
@@ -263,40 +304,71 @@ impl Processor {
                     },
                 )
                 .await?;
+                Applied::Nothing
             }
             Incoming::PreferencesChanged(e) => {
                 let mut conn = self.db.pool.acquire().await?;
                 store::upsert_preferences(&mut conn, e.user_id, &e.preferences.email, version)
                     .await?;
+                Applied::Nothing
             }
-            Incoming::PasswordResetRequested(_) => {}
+            Incoming::PasswordResetRequested(_) => Applied::Nothing,
             Incoming::EventCreated(e) => {
                 let mut conn = self.db.pool.acquire().await?;
                 store::upsert_event(&mut conn, &e.event, version).await?;
+                Applied::Nothing
             }
+            // The event's row first: it orders this change with the event's RSVPs.
             Incoming::EventUpdated(e) => {
-                let mut conn = self.db.pool.acquire().await?;
-                store::upsert_event(&mut conn, &e.event, version).await?;
+                let mut tx = self.db.begin_write().await?;
+                store::upsert_event(&mut tx, &e.event, version).await?;
+                let attendees = if e.time_changed {
+                    store::active_attendees(&mut tx, e.event.event_id).await?
+                } else {
+                    Vec::new()
+                };
+                tx.commit().await?;
+                Applied::Attendees(attendees)
             }
             Incoming::EventCancelled(e) => {
-                let mut conn = self.db.pool.acquire().await?;
-                store::upsert_event(&mut conn, &e.event, version).await?;
+                let mut tx = self.db.begin_write().await?;
+                store::upsert_event(&mut tx, &e.event, version).await?;
+                let cancel = Cancellation {
+                    message_id: meta.message_id,
+                    version,
+                    occurred_at: meta.occurred_at,
+                };
+                store::record_cancel(&mut tx, e.event.event_id, &cancel).await?;
+                let attendees = store::active_attendees(&mut tx, e.event.event_id).await?;
+                tx.commit().await?;
+                Applied::Attendees(attendees)
             }
             Incoming::RsvpChanged(e) => {
                 let mut tx = self.db.begin_write().await?;
                 store::upsert_event(&mut tx, &e.event, version).await?;
                 store::upsert_attendee(&mut tx, e.event.event_id, e.attendee_id, e.status, version)
                     .await?;
+                let held = store::event(&mut tx, e.event.event_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        table: "events",
+                        detail: format!("event {} missing after its upsert", e.event.event_id),
+                    })?;
                 tx.commit().await?;
+                Applied::Event(held)
             }
-        }
-        Ok(())
+        };
+        Ok(applied)
     }
 
     /// The mails an event calls for.
-    async fn plan<'a>(&self, incoming: &'a Incoming) -> Result<Vec<Job<'a>>, MailError> {
+    fn plan<'a>(&self, incoming: &'a Incoming, applied: &'a Applied) -> Vec<Job<'a>> {
         let meta = incoming.meta();
-        let jobs = match incoming {
+        let attendees: &[AttendeeRow] = match applied {
+            Applied::Attendees(a) => a,
+            _ => &[],
+        };
+        match incoming {
             Incoming::UserRegistered(e) => vec![Job {
                 kind: Kind::Welcome,
                 to: Target::Account {
@@ -307,6 +379,7 @@ impl Processor {
                 content: Content::Welcome {
                     verification_token: e.verification_token.as_deref(),
                 },
+                source: None,
             }],
             Incoming::PasswordResetRequested(e) => vec![Job {
                 kind: Kind::PasswordReset,
@@ -319,12 +392,60 @@ impl Processor {
                     token: &e.token,
                     expires_at: e.expires_at,
                 },
+                source: None,
             }],
             Incoming::RsvpChanged(e) => {
-                let mut jobs = vec![Job {
-                    kind: Kind::Notification(NotificationKind::RsvpConfirmation),
-                    to: Target::User(e.attendee_id),
-                    content: Content::RsvpConfirmation(e),
+                let version = meta.aggregate_version;
+                let newer = match applied {
+                    Applied::Event(held) if held.version > version => Some(held),
+                    _ => None,
+                };
+                // Moved since the answer (a time change handled first, which did not
+                // know this attendee): the confirmation shows the event as it is now.
+                // Other changes since (counts, wording) leave the answer's snapshot.
+                let moved = newer.filter(|held| {
+                    (
+                        held.snapshot.starts_at,
+                        held.snapshot.ends_at,
+                        &held.snapshot.time_zone,
+                    ) != (e.event.starts_at, e.event.ends_at, &e.event.time_zone)
+                });
+                let cancelled_since = newer.and_then(|held| {
+                    held.cancel
+                        .filter(|c| c.version > version)
+                        .map(|c| (held, c))
+                });
+                let attends = matches!(e.status, RsvpStatus::Going | RsvpStatus::Maybe);
+                let mut jobs = vec![match cancelled_since {
+                    // Given before a cancellation that was handled first (which did
+                    // not know this answer): the attendee gets the cancellation.
+                    Some((held, cancel)) if attends => Job {
+                        kind: Kind::Notification(NotificationKind::EventChanged),
+                        to: Target::User(e.attendee_id),
+                        content: Content::EventCancelled {
+                            event: &held.snapshot,
+                            version: cancel.version,
+                            stamp: cancel.occurred_at,
+                            status: e.status,
+                        },
+                        source: Some(cancel.message_id),
+                    },
+                    _ => {
+                        let (event, version) = match moved {
+                            Some(held) => (&held.snapshot, held.version),
+                            None => (&e.event, version),
+                        };
+                        Job {
+                            kind: Kind::Notification(NotificationKind::RsvpConfirmation),
+                            to: Target::User(e.attendee_id),
+                            content: Content::RsvpConfirmation {
+                                rsvp: e,
+                                event,
+                                version,
+                            },
+                            source: None,
+                        }
+                    }
                 }];
                 // An organizer answering their own event needs no report of it.
                 if e.attendee_id != e.event.organizer_id {
@@ -332,47 +453,43 @@ impl Processor {
                         kind: Kind::Notification(NotificationKind::RsvpReceived),
                         to: Target::User(e.event.organizer_id),
                         content: Content::RsvpReceived(e),
+                        source: None,
                     });
                 }
                 jobs
             }
-            Incoming::EventUpdated(e) if e.time_changed => {
-                let attendees = store::active_attendees(&self.db, e.event.event_id).await?;
-                attendees
-                    .into_iter()
-                    .map(|a| Job {
-                        kind: Kind::Notification(NotificationKind::EventChanged),
-                        to: Target::User(a.user_id),
-                        content: Content::EventUpdated {
-                            event: &e.event,
-                            version: meta.aggregate_version,
-                            stamp: meta.occurred_at,
-                            status: a.status,
-                        },
-                    })
-                    .collect()
-            }
-            Incoming::EventCancelled(e) => {
-                let attendees = store::active_attendees(&self.db, e.event.event_id).await?;
-                attendees
-                    .into_iter()
-                    .map(|a| Job {
-                        kind: Kind::Notification(NotificationKind::EventChanged),
-                        to: Target::User(a.user_id),
-                        content: Content::EventCancelled {
-                            event: &e.event,
-                            version: meta.aggregate_version,
-                            stamp: meta.occurred_at,
-                            status: a.status,
-                        },
-                    })
-                    .collect()
-            }
+            Incoming::EventUpdated(e) if e.time_changed => attendees
+                .iter()
+                .map(|a| Job {
+                    kind: Kind::Notification(NotificationKind::EventChanged),
+                    to: Target::User(a.user_id),
+                    content: Content::EventUpdated {
+                        event: &e.event,
+                        version: meta.aggregate_version,
+                        stamp: meta.occurred_at,
+                        status: a.status,
+                    },
+                    source: None,
+                })
+                .collect(),
+            Incoming::EventCancelled(e) => attendees
+                .iter()
+                .map(|a| Job {
+                    kind: Kind::Notification(NotificationKind::EventChanged),
+                    to: Target::User(a.user_id),
+                    content: Content::EventCancelled {
+                        event: &e.event,
+                        version: meta.aggregate_version,
+                        stamp: meta.occurred_at,
+                        status: a.status,
+                    },
+                    source: None,
+                })
+                .collect(),
             Incoming::EventUpdated(_)
             | Incoming::EventCreated(_)
             | Incoming::PreferencesChanged(_) => Vec::new(),
-        };
-        Ok(jobs)
+        }
     }
 
     /// Sends every job not sent yet. A failing mail does not stop the others unless the
@@ -407,6 +524,8 @@ impl Processor {
     }
 
     async fn deliver_one(&self, source: &str, job: &Job<'_>) -> Result<Outcome, MailError> {
+        let about = job.source.map(|id| id.to_string());
+        let source = about.as_deref().unwrap_or(source);
         if let (Some(kind), Target::User(user_id)) = (job.kind.preference(), &job.to) {
             let prefs = store::email_preferences(&self.db, *user_id).await?;
             if !prefs.allows(kind) {
@@ -547,17 +666,21 @@ impl Processor {
                 )?;
                 ("Reset your Mesh password".to_owned(), bodies, None)
             }
-            Content::RsvpConfirmation(e) => {
+            Content::RsvpConfirmation {
+                rsvp: e,
+                event,
+                version,
+            } => {
                 let method = if e.status == RsvpStatus::Declined {
                     Method::Cancel
                 } else {
                     Method::Request
                 };
-                let organizer = self.organizer(e.event.organizer_id).await?;
+                let organizer = self.organizer(event.organizer_id).await?;
                 let ics = ics::render(&Invitation {
                     method,
-                    event: &e.event,
-                    sequence: e.meta.aggregate_version,
+                    event,
+                    sequence: *version,
                     stamp: e.meta.occurred_at,
                     organizer,
                     attendee: me,
@@ -569,15 +692,15 @@ impl Processor {
                         name: &to.name,
                         status: e.status.as_str(),
                         previous_status: e.previous_status.map(RsvpStatus::as_str),
-                        event: EventView::new(&e.event, base),
+                        event: EventView::new(event, base),
                         base_url: base,
                         unsubscribe_url: unsubscribe_url.clone(),
                     },
                 )?;
                 let subject = match e.status {
-                    RsvpStatus::Going => format!("You're going: {}", e.event.title),
-                    RsvpStatus::Maybe => format!("You might go: {}", e.event.title),
-                    RsvpStatus::Declined => format!("You declined: {}", e.event.title),
+                    RsvpStatus::Going => format!("You're going: {}", event.title),
+                    RsvpStatus::Maybe => format!("You might go: {}", event.title),
+                    RsvpStatus::Declined => format!("You declined: {}", event.title),
                 };
                 (subject, bodies, Some(CalendarPart { method, ics }))
             }

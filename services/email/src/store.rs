@@ -190,19 +190,77 @@ pub async fn upsert_event(
     Ok(done.rows_affected() == 1)
 }
 
-/// The event as the read model holds it, with its version.
+/// An event's cancellation: the message that cancelled it, at which version and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancellation {
+    pub message_id: Uuid,
+    pub version: u64,
+    pub occurred_at: jiff::Timestamp,
+}
+
+/// An event as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub snapshot: EventSnapshot,
+    pub version: u64,
+    pub cancel: Option<Cancellation>,
+}
+
+/// The event as the read model holds it.
 pub async fn event(
-    db: &Database,
+    conn: &mut AnyConnection,
     event_id: Uuid,
-) -> Result<Option<(EventSnapshot, u64)>, StoreError> {
+) -> Result<Option<StoredEvent>, StoreError> {
     let row = sqlx::query(
         "SELECT organizer_id, title, description, starts_at, ends_at, time_zone, location, \
-         capacity, status, going, maybe, declined, version FROM events WHERE event_id = $1",
+         capacity, status, going, maybe, declined, version, cancel_message_id, \
+         cancel_version, cancelled_at FROM events WHERE event_id = $1",
     )
     .bind(event_id.to_string())
-    .fetch_optional(&db.pool)
+    .fetch_optional(conn)
     .await?;
-    row.map(|r| event_from_row(event_id, &r)).transpose()
+    row.map(|r| {
+        let (snapshot, version) = event_from_row(event_id, &r)?;
+        let cancel_id: Option<String> = r.try_get("cancel_message_id")?;
+        let cancel_version: Option<i64> = r.try_get("cancel_version")?;
+        let cancelled_at: Option<i64> = r.try_get("cancelled_at")?;
+        let cancel = match (cancel_id, cancel_version, cancelled_at) {
+            (None, _, _) => None,
+            (Some(id), Some(v), Some(at)) => Some(Cancellation {
+                message_id: Uuid::parse_str(&id)
+                    .map_err(|e| corrupt("events", format!("cancel_message_id: {e}")))?,
+                version: u64::try_from(v)
+                    .map_err(|_| corrupt("events", format!("cancel_version = {v}")))?,
+                occurred_at: from_micros(at),
+            }),
+            _ => return Err(corrupt("events", "cancel_message_id without its version")),
+        };
+        Ok(StoredEvent {
+            snapshot,
+            version,
+            cancel,
+        })
+    })
+    .transpose()
+}
+
+/// Records the event's cancellation (there is only one; the first record stays).
+pub async fn record_cancel(
+    conn: &mut AnyConnection,
+    event_id: Uuid,
+    cancel: &Cancellation,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE events SET cancel_message_id = $2, cancel_version = $3, cancelled_at = $4 \
+         WHERE event_id = $1 AND cancel_message_id IS NULL",
+    )
+    .bind(event_id.to_string())
+    .bind(cancel.message_id.to_string())
+    .bind(version(cancel.version))
+    .bind(to_micros(cancel.occurred_at))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn event_from_row(event_id: Uuid, r: &AnyRow) -> Result<(EventSnapshot, u64), StoreError> {
@@ -264,7 +322,7 @@ pub async fn upsert_attendee(
 
 /// Attendees who said going or maybe: the people told about a change.
 pub async fn active_attendees(
-    db: &Database,
+    conn: &mut AnyConnection,
     event_id: Uuid,
 ) -> Result<Vec<AttendeeRow>, StoreError> {
     let rows = sqlx::query(
@@ -272,7 +330,7 @@ pub async fn active_attendees(
          WHERE event_id = $1 AND status IN ('going', 'maybe') ORDER BY user_id",
     )
     .bind(event_id.to_string())
-    .fetch_all(&db.pool)
+    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|r| {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lettre::transport::file::AsyncFileTransport;
 use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncTransport, Message, Tokio1Executor};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum MailerError {
         #[source]
         source: lettre::transport::smtp::Error,
     },
+    #[error("SMTP_TLS_CA_FILE {path}: {reason}")]
+    Ca { path: String, reason: String },
     #[error("cannot create the mail folder {path}: {source}")]
     Folder {
         path: String,
@@ -85,22 +88,27 @@ impl std::fmt::Debug for Mailer {
 impl Mailer {
     /// SMTP when `smtp_url` is set (`smtp://user:pass@host:port` plain,
     /// `smtp://…?tls=required` STARTTLS, `smtps://…` implicit TLS), else files in
-    /// `file_dir`.
+    /// `file_dir`. `tls_ca`: a PEM file of certificates trusted for the server's
+    /// certificate besides the built-in roots (a private relay's own CA).
     pub fn new(
         smtp_url: Option<&str>,
         timeout: Duration,
         file_dir: &Path,
+        tls_ca: Option<&Path>,
     ) -> Result<Self, MailerError> {
         match smtp_url {
             Some(url) => {
                 let masked = mask_password(url);
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|source| MailerError::Url {
-                        url: masked.clone(),
-                        source,
-                    })?
-                    .timeout(Some(timeout))
-                    .build();
+                let url_error = |source| MailerError::Url {
+                    url: masked.clone(),
+                    source,
+                };
+                let mut builder =
+                    AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(url_error)?;
+                if let Some(path) = tls_ca {
+                    builder = builder.tls(tls_trusting(url, path)?);
+                }
+                let transport = builder.timeout(Some(timeout)).build();
                 Ok(Mailer::Smtp {
                     transport,
                     url: masked,
@@ -189,6 +197,41 @@ impl Mailer {
     }
 }
 
+/// The TLS mode `url` asks for, trusting the certificates in `ca_file` as well.
+fn tls_trusting(url: &str, ca_file: &Path) -> Result<Tls, MailerError> {
+    let ca_error = |reason: String| MailerError::Ca {
+        path: ca_file.display().to_string(),
+        reason,
+    };
+    let parsed = url::Url::parse(url).map_err(|e| ca_error(format!("SMTP_URL: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| ca_error("SMTP_URL has no host".into()))?
+        .to_owned();
+    let tls_param = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let pem = std::fs::read(ca_file).map_err(|e| ca_error(e.to_string()))?;
+    // lettre accepts a file without any certificate (and then trusts nothing more).
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ca_error("holds no PEM certificate".into()));
+    }
+    let certificate = Certificate::from_pem(&pem).map_err(|e| ca_error(e.to_string()))?;
+    let parameters = TlsParameters::builder(host)
+        .add_root_certificate(certificate)
+        .build()
+        .map_err(|e| ca_error(e.to_string()))?;
+    match (parsed.scheme(), tls_param.as_deref()) {
+        ("smtps", _) => Ok(Tls::Wrapper(parameters)),
+        ("smtp", Some("required")) => Ok(Tls::Required(parameters)),
+        ("smtp", Some("opportunistic")) => Ok(Tls::Opportunistic(parameters)),
+        _ => Err(ca_error(
+            "set, but SMTP_URL uses no TLS (`?tls=required` or `smtps://`)".into(),
+        )),
+    }
+}
+
 /// The URL with its password replaced by `***`, for logs and errors.
 pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
@@ -236,17 +279,26 @@ mod tests {
     async fn urls_are_checked_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(1);
-        assert!(Mailer::new(Some("smtp://127.0.0.1:2525"), t, dir.path()).is_ok());
-        assert!(Mailer::new(Some("smtp://h:25?tls=required"), t, dir.path()).is_ok());
-        assert!(Mailer::new(Some("smtps://u:p@h"), t, dir.path()).is_ok());
-        let err = Mailer::new(Some("http://u:pw@h"), t, dir.path()).unwrap_err();
+        assert!(Mailer::new(Some("smtp://127.0.0.1:2525"), t, dir.path(), None).is_ok());
+        assert!(Mailer::new(Some("smtp://h:25?tls=required"), t, dir.path(), None).is_ok());
+        assert!(Mailer::new(Some("smtps://u:p@h"), t, dir.path(), None).is_ok());
+        let err = Mailer::new(Some("http://u:pw@h"), t, dir.path(), None).unwrap_err();
         assert!(!err.to_string().contains("pw"), "{err}");
+        // A CA file: readable PEM, and only with a TLS URL.
+        let missing = dir.path().join("missing.pem");
+        let err =
+            Mailer::new(Some("smtp://h?tls=required"), t, dir.path(), Some(&missing)).unwrap_err();
+        assert!(err.to_string().contains("SMTP_TLS_CA_FILE"), "{err}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        assert!(Mailer::new(Some("smtp://h?tls=required"), t, dir.path(), Some(&garbage)).is_err());
     }
 
     #[tokio::test]
     async fn the_file_transport_writes_eml_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mailer = Mailer::new(None, Duration::from_secs(1), &dir.path().join("mail")).unwrap();
+        let mailer =
+            Mailer::new(None, Duration::from_secs(1), &dir.path().join("mail"), None).unwrap();
         let message = Message::builder()
             .from("a@example.com".parse().unwrap())
             .to("b@example.com".parse().unwrap())
@@ -266,7 +318,7 @@ mod tests {
             .port();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("smtp://127.0.0.1:{port}");
-        let mailer = Mailer::new(Some(&url), Duration::from_secs(2), dir.path()).unwrap();
+        let mailer = Mailer::new(Some(&url), Duration::from_secs(2), dir.path(), None).unwrap();
         let message = Message::builder()
             .from("a@example.com".parse().unwrap())
             .to("b@example.com".parse().unwrap())

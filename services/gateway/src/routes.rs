@@ -127,10 +127,13 @@ pub fn native_routes() -> Vec<NativeRoute> {
             operation_id: "gateway_notifications_stream",
             summary: "The caller's new notifications, live, as Server-Sent Events",
             description: "Answered by the gateway. Each notification is an event with \
-                          `id: <notification id>`, `event: notification` and the \
-                          `Notification` as JSON in `data`. With `Last-Event-ID` (header, or \
-                          query `last_event_id`) the notifications missed since that id come \
-                          first, oldest first, without duplicates. An `event: warning` \
+                          `id: <notification seq>` (the user's notification number, in the \
+                          order they were stored), `event: notification` and the \
+                          `Notification` as JSON in `data`; events come in `seq` order. With \
+                          `Last-Event-ID` (header, or query `last_event_id`) the \
+                          notifications missed since that id come first, oldest first, \
+                          without duplicates (a notification id from before `seq` is accepted \
+                          too). An `event: warning` \
                           (plain text) says when missed notifications cannot be loaded; the \
                           stream then carries new ones only. Comments keep an idle stream \
                           alive. Authenticate with a bearer token or a ticket from \

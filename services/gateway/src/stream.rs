@@ -6,17 +6,30 @@
 //! `push.live.<user>`; every gateway replica holding a stream for that user has its own
 //! subscription there, so all of them get it. A stream:
 //!
-//! 1. subscribes to the user's live subject *first* and makes sure the server has the
+//! 1. without `Last-Event-ID`, asks push for the user's newest notification number
+//!    (`seq`) first: the stream starts after it;
+//! 2. subscribes to the user's live subject and makes sure the server has the
 //!    subscription before answering (a round trip on the same connection), so nothing
 //!    published after the response headers is lost;
-//! 2. then, when the client sent `Last-Event-ID`, asks push for what it missed
-//!    (`svc.push.v1.notifications.since`, oldest first, page by page);
-//! 3. then relays the live subscription.
+//! 3. asks push for what came after the starting point (`Last-Event-ID`, or the number
+//!    from step 1) (`svc.push.v1.notifications.since`, oldest first, page by page);
+//! 4. then relays the live subscription.
 //!
-//! Notification ids are UUIDv7, so ordered: a notification whose id is not above the last
-//! one sent is skipped, which removes the overlap between the backlog and what the
-//! subscription buffered meanwhile. If push does not answer the backlog request the
-//! stream still opens (live only) with an `event: warning`.
+//! Events go out in `seq` order, each once, and the event id is the `seq`. Push numbers
+//! each user's notifications in commit order (a per-user lock in the storing
+//! transaction), so when number n is visible every lower one is too. Push publishes
+//! live after commit, concurrently, so live messages can arrive out of order: one whose
+//! number is not the next expected one makes the stream fetch the gap from push (all of
+//! it committed) before going on. A number at or below the last one sent is skipped,
+//! which removes the overlap between the backlog and what the subscription buffered
+//! meanwhile. So a client resuming from the last id it received misses nothing: every
+//! lower number was sent before it. (UUIDv7 ids cannot serve: made before commit, a
+//! lower one can become visible after a higher one was sent.) If push does not answer
+//! the backlog request the stream still opens (live only) with an `event: warning`.
+//!
+//! Notifications without `seq` (from a push older than the field) and resume points that
+//! are notification ids (from a stream before it) are handled as before: by id, with a
+//! short memory of ids sent.
 //!
 //! Memory per open stream is one NATS subscription, one keep-alive timer and a few
 //! words of state; nothing per message is proportional to the number of streams. Every
@@ -165,23 +178,40 @@ async fn bearer_caller(gateway: &Gateway, headers: &HeaderMap) -> Result<Caller,
         .ok_or(ApiError::Unauthorized("missing bearer token"))
 }
 
-/// Where a reconnecting client left off: the `Last-Event-ID` header (what
-/// `EventSource` sends), else the `last_event_id` query parameter; empty means none.
-fn resume_point(headers: &HeaderMap, query_value: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+/// Where a reconnecting client left off: the id of the last event it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumePoint {
+    /// A notification's `seq`: what streams send as the event id.
+    Seq(u64),
+    /// A notification's id: what streams sent before `seq` existed.
+    Id(Uuid),
+}
+
+/// The `Last-Event-ID` header (what `EventSource` sends), else the `last_event_id` query
+/// parameter; empty means none.
+fn resume_point(
+    headers: &HeaderMap,
+    query_value: Option<&str>,
+) -> Result<Option<ResumePoint>, ApiError> {
     let header = match headers.get("last-event-id") {
         Some(v) => Some(v.to_str().map_err(|_| bad_last_event_id())?),
         None => None,
     };
     match header.or(query_value).map(str::trim) {
         None | Some("") => Ok(None),
-        Some(id) => Uuid::parse_str(id)
-            .map(Some)
-            .map_err(|_| bad_last_event_id()),
+        Some(id) => match id.parse::<u64>() {
+            Ok(seq) => Ok(Some(ResumePoint::Seq(seq))),
+            Err(_) => Uuid::parse_str(id)
+                .map(|id| Some(ResumePoint::Id(id)))
+                .map_err(|_| bad_last_event_id()),
+        },
     }
 }
 
 fn bad_last_event_id() -> ApiError {
-    ApiError::BadRequest("Last-Event-ID must be the id (a UUID) of a notification".into())
+    ApiError::BadRequest(
+        "Last-Event-ID must be the id of a notification event (a number, or a UUID)".into(),
+    )
 }
 
 impl Gateway {
@@ -226,6 +256,14 @@ impl Gateway {
         }
         // Taken before subscribing: a reconnect from here on ends this stream too.
         let ends = self.streams.current();
+        // Before subscribing: whatever is stored after this number is fetched below, and
+        // whatever is stored after the subscription also arrives live.
+        let newest = match resume {
+            Some(ResumePoint::Seq(_)) => None,
+            Some(ResumePoint::Id(_)) | None => {
+                newest_seq(&self.client, &caller, self.request_timeout).await
+            }
+        };
 
         let live = self
             .client
@@ -235,17 +273,25 @@ impl Gateway {
         sync_with_server(&self.client, self.request_timeout).await;
         tracing::debug!(user = %caller.user_id, resume = ?resume, "notification stream opened");
 
+        let (sent_up_to, id_floor, backlog) = match resume {
+            Some(ResumePoint::Seq(seq)) => (Some(seq), None, Backlog::Fetch(Missed::AfterSeq(seq))),
+            Some(ResumePoint::Id(id)) => (newest, Some(id), Backlog::Fetch(Missed::AfterId(id))),
+            None => match newest {
+                Some(seq) => (Some(seq), None, Backlog::Fetch(Missed::AfterSeq(seq))),
+                // Push did not answer (or predates `seq`): live only, nothing was missed.
+                None => (None, None, Backlog::Done),
+            },
+        };
         let feed = Feed {
             client: self.client.clone(),
             caller,
             live,
             request_timeout: self.request_timeout,
-            resume_floor: resume,
+            sent_up_to,
+            id_floor,
             recent: std::collections::VecDeque::new(),
-            backlog: match resume {
-                Some(after) => Backlog::Fetch { after },
-                None => Backlog::Done,
-            },
+            pending_live: None,
+            backlog,
         };
         let events = feed.into_stream().take_until(ends.cancelled_owned());
         let mut response = Sse::new(events)
@@ -274,14 +320,35 @@ async fn sync_with_server(client: &Client, timeout: Duration) {
     }
 }
 
+/// The caller's newest notification number, or 0 without any; `None` when push does
+/// not answer or predates `seq`.
+async fn newest_seq(client: &Client, caller: &Caller, timeout: Duration) -> Option<u64> {
+    let page = fetch(client, caller, timeout, NotificationsSince::newest())
+        .await
+        .ok()?;
+    match page.first() {
+        None => Some(0),
+        Some(n) => n.seq,
+    }
+}
+
+/// Which missed notifications to ask push for.
+#[derive(Debug, Clone, Copy)]
+enum Missed {
+    AfterSeq(u64),
+    /// By id, for a resume point from before `seq`.
+    AfterId(Uuid),
+}
+
 /// Where the backlog stands.
 enum Backlog {
-    /// Ask push for what came after `after`.
-    Fetch { after: Uuid },
+    /// Ask push for what it names.
+    Fetch(Missed),
     /// Emitting a page; `next` is where the following page starts, if there is one.
     Page {
         items: std::vec::IntoIter<Notification>,
-        next: Option<Uuid>,
+        by_id: bool,
+        next: Option<Missed>,
     },
     /// Live only.
     Done,
@@ -293,12 +360,17 @@ struct Feed {
     caller: Caller,
     live: Subscriber,
     request_timeout: Duration,
-    /// The client's `Last-Event-ID`: it has everything up to there.
-    resume_floor: Option<Uuid>,
-    /// Ids sent lately, so a notification that arrives both in the backlog and live is
-    /// sent once. Not a high-water mark: push handles deliveries concurrently, so live
-    /// notifications may arrive out of id order, and each must still be sent.
+    /// The highest `seq` the client has: every lower one was sent before (or it had it).
+    /// `None` until known (push did not answer at the start).
+    sent_up_to: Option<u64>,
+    /// A resume point from before `seq`: the client has the ids up to there.
+    id_floor: Option<Uuid>,
+    /// Ids sent lately, for notifications without `seq` (and backlogs by id), so one that
+    /// arrives both in the backlog and live is sent once.
     recent: std::collections::VecDeque<Uuid>,
+    /// A live notification that arrived ahead of its turn; sent after the gap before it
+    /// was fetched (if the fetch did not bring it).
+    pending_live: Option<Notification>,
     backlog: Backlog,
 }
 
@@ -317,31 +389,41 @@ impl Feed {
     async fn next_event(&mut self) -> Option<Event> {
         loop {
             match &mut self.backlog {
-                Backlog::Page { items, next } => match items.next() {
+                Backlog::Page { items, by_id, next } => match items.next() {
                     Some(n) => {
-                        if let Some(event) = self.event_for(&n) {
+                        let by_id = *by_id;
+                        if let Some(event) = self.event_for(&n, by_id) {
                             return Some(event);
                         }
                     }
                     None => {
                         self.backlog = match next.take() {
-                            Some(after) => Backlog::Fetch { after },
+                            Some(missed) => Backlog::Fetch(missed),
                             None => Backlog::Done,
                         };
                     }
                 },
-                Backlog::Fetch { after } => {
-                    let after = *after;
-                    match self.fetch_page(after).await {
+                Backlog::Fetch(missed) => {
+                    let missed = *missed;
+                    match self.fetch_page(missed).await {
                         Ok(page) => {
                             // A full page means there may be more; the next one starts
                             // after its last item (which must move forward, or a broken
                             // answer would loop forever).
-                            let last = page.last().map(|n| n.id).filter(|id| *id > after);
                             let full = page.len() >= BACKLOG_PAGE as usize;
+                            let next = match (missed, page.last()) {
+                                (Missed::AfterSeq(after), Some(last)) => {
+                                    last.seq.filter(|seq| *seq > after).map(Missed::AfterSeq)
+                                }
+                                (Missed::AfterId(after), Some(last)) => {
+                                    (last.id > after).then_some(Missed::AfterId(last.id))
+                                }
+                                (_, None) => None,
+                            };
                             self.backlog = Backlog::Page {
                                 items: page.into_iter(),
-                                next: last.filter(|_| full),
+                                by_id: matches!(missed, Missed::AfterId(_)),
+                                next: next.filter(|_| full),
                             };
                         }
                         Err(warning) => {
@@ -351,10 +433,21 @@ impl Feed {
                     }
                 }
                 Backlog::Done => {
+                    if let Some(n) = self.pending_live.take() {
+                        if let Some(event) = self.event_for(&n, false) {
+                            return Some(event);
+                        }
+                        continue;
+                    }
                     let message = self.live.next().await?;
                     match contracts::wire::decode::<Notification>(&message.payload) {
                         Ok(n) => {
-                            if let Some(event) = self.event_for(&n) {
+                            if let Some(after) = self.gap_before(&n) {
+                                // Lower numbers are committed but not here yet (or their
+                                // live message was lost): fetch them, then this one.
+                                self.pending_live = Some(n);
+                                self.backlog = Backlog::Fetch(Missed::AfterSeq(after));
+                            } else if let Some(event) = self.event_for(&n, false) {
                                 return Some(event);
                             }
                         }
@@ -369,17 +462,37 @@ impl Feed {
         }
     }
 
-    /// The SSE event for `n`, unless it was already sent.
-    fn event_for(&mut self, n: &Notification) -> Option<Event> {
-        if self.resume_floor.is_some_and(|floor| n.id <= floor) || self.recent.contains(&n.id) {
+    /// For a live notification that is not the next number: the last number sent.
+    fn gap_before(&self, n: &Notification) -> Option<u64> {
+        let (Some(seq), Some(sent)) = (n.seq, self.sent_up_to) else {
+            return None;
+        };
+        (seq > sent.saturating_add(1)).then_some(sent)
+    }
+
+    /// The SSE event for `n`, unless the client has it. `by_id`: `n` comes from a
+    /// backlog by id, whose `seq`s are not in order.
+    fn event_for(&mut self, n: &Notification, by_id: bool) -> Option<Event> {
+        let seen = match n.seq {
+            Some(seq) if !by_id => self.sent_up_to.is_some_and(|sent| seq <= sent),
+            _ => self.id_floor.is_some_and(|floor| n.id <= floor) || self.recent.contains(&n.id),
+        };
+        if seen {
             return None;
         }
+        let id = match n.seq {
+            Some(seq) => seq.to_string(),
+            None => n.id.to_string(),
+        };
         match Event::default()
-            .id(n.id.to_string())
+            .id(id)
             .event(NOTIFICATION_EVENT)
             .json_data(n)
         {
             Ok(event) => {
+                if let Some(seq) = n.seq {
+                    self.sent_up_to = Some(self.sent_up_to.map_or(seq, |sent| sent.max(seq)));
+                }
                 if self.recent.len() >= RECENT_IDS {
                     self.recent.pop_front();
                 }
@@ -394,55 +507,64 @@ impl Feed {
     }
 
     /// One page of the backlog, or the text of the warning to send instead.
-    async fn fetch_page(&self, after: Uuid) -> Result<Vec<Notification>, &'static str> {
-        const UNAVAILABLE: &str =
-            "missed notifications cannot be loaded right now; new ones will still arrive";
-        let request = RpcRequest::new(NotificationsSince {
-            after,
-            limit: BACKLOG_PAGE,
-        })
-        .with_caller(self.caller.clone());
-        let payload = contracts::wire::encode(&request).map_err(|e| {
-            tracing::error!(error = %e, "cannot encode the backlog request");
+    async fn fetch_page(&self, missed: Missed) -> Result<Vec<Notification>, &'static str> {
+        let query = match missed {
+            Missed::AfterSeq(after) => NotificationsSince::after_seq(after, BACKLOG_PAGE),
+            Missed::AfterId(after) => NotificationsSince::after_id(after, BACKLOG_PAGE),
+        };
+        fetch(&self.client, &self.caller, self.request_timeout, query).await
+    }
+}
+
+/// Asks push for missed notifications; on failure, the text of the warning to send.
+async fn fetch(
+    client: &Client,
+    caller: &Caller,
+    timeout: Duration,
+    query: NotificationsSince,
+) -> Result<Vec<Notification>, &'static str> {
+    const UNAVAILABLE: &str =
+        "missed notifications cannot be loaded right now; new ones will still arrive";
+    let request = RpcRequest::new(query).with_caller(caller.clone());
+    let payload = contracts::wire::encode(&request).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode the backlog request");
+        UNAVAILABLE
+    })?;
+    let mut headers = async_nats::HeaderMap::new();
+    runtime::trace::inject_current(&mut headers);
+    headers.insert(mesh_headers::CONTENT_TYPE, contracts::wire::CONTENT_TYPE);
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(payload.into())
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(push::RPC_NOTIFICATIONS_SINCE, request)
+        .await
+        .map_err(|e| {
+            if e.kind() == RequestErrorKind::NoResponders {
+                tracing::debug!("no push instance answers the backlog request");
+            } else {
+                tracing::warn!(error = %e, "backlog request failed");
+            }
             UNAVAILABLE
         })?;
-        let mut headers = async_nats::HeaderMap::new();
-        runtime::trace::inject_current(&mut headers);
-        headers.insert(mesh_headers::CONTENT_TYPE, contracts::wire::CONTENT_TYPE);
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(payload.into())
-            .timeout(Some(self.request_timeout));
-        let reply = self
-            .client
-            .send_request(push::RPC_NOTIFICATIONS_SINCE, request)
-            .await
-            .map_err(|e| {
-                if e.kind() == RequestErrorKind::NoResponders {
-                    tracing::debug!("no push instance answers the backlog request");
-                } else {
-                    tracing::warn!(error = %e, "backlog request failed");
-                }
-                UNAVAILABLE
-            })?;
-        if let Some(error) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error"))
-        {
-            tracing::warn!(error = %error, "push answered the backlog request with an error");
-            return Err(UNAVAILABLE);
-        }
-        let reply: RpcReply<Vec<Notification>> =
-            contracts::wire::decode(&reply.payload).map_err(|e| {
-                tracing::warn!(error = %e, "cannot decode the backlog reply");
-                UNAVAILABLE
-            })?;
-        reply.into_result().map_err(|problem| {
-            tracing::warn!(code = %problem.code, "push refused the backlog request");
-            UNAVAILABLE
-        })
+    if let Some(error) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error"))
+    {
+        tracing::warn!(error = %error, "push answered the backlog request with an error");
+        return Err(UNAVAILABLE);
     }
+    let reply: RpcReply<Vec<Notification>> =
+        contracts::wire::decode(&reply.payload).map_err(|e| {
+            tracing::warn!(error = %e, "cannot decode the backlog reply");
+            UNAVAILABLE
+        })?;
+    reply.into_result().map_err(|problem| {
+        tracing::warn!(code = %problem.code, "push refused the backlog request");
+        UNAVAILABLE
+    })
 }
 
 #[cfg(test)]
@@ -459,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn resume_point_prefers_the_header_and_requires_a_uuid() {
+    fn resume_point_prefers_the_header_and_takes_a_seq_or_an_old_id() {
         let a = Uuid::now_v7();
         let b = Uuid::now_v7();
         let none = HeaderMap::new();
@@ -467,13 +589,17 @@ mod tests {
         assert_eq!(resume_point(&with_header(""), None).ok(), Some(None));
         assert_eq!(
             resume_point(&none, Some(&b.to_string())).ok(),
-            Some(Some(b))
+            Some(Some(ResumePoint::Id(b)))
         );
         assert_eq!(
-            resume_point(&with_header(&a.to_string()), Some(&b.to_string())).ok(),
-            Some(Some(a))
+            resume_point(&with_header(&a.to_string()), Some("7")).ok(),
+            Some(Some(ResumePoint::Id(a)))
         );
-        assert!(resume_point(&with_header("42"), None).is_err());
+        assert_eq!(
+            resume_point(&with_header(" 42 "), Some(&b.to_string())).ok(),
+            Some(Some(ResumePoint::Seq(42)))
+        );
+        assert!(resume_point(&with_header("-1"), None).is_err());
         assert!(resume_point(&none, Some("nope")).is_err());
     }
 }

@@ -105,7 +105,7 @@ pub fn endpoints(notifications: Arc<Notifications>) -> Vec<Endpoint> {
             subj::RPC_NOTIFICATIONS_SINCE,
             |n, req: RpcRequest<NotificationsSince>| async move {
                 let user = caller(&req)?;
-                Ok(n.since(user, req.body.after, req.body.limit).await?)
+                Ok(n.since(user, &req.body).await?)
             },
         ),
     ];

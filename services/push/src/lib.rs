@@ -23,7 +23,8 @@
 //! history must not flood users with stale notifications, so notifications are only
 //! created for events whose `meta.occurred_at` is younger than
 //! `PUSH_MAX_EVENT_AGE_SECS` (default one day); older events only update the read
-//! models. A restarted durable resumes after its last acknowledged message. To
+//! models, unless they come as a replay from the message hospital (an operator asked
+//! for that one, however late). A restarted durable resumes after its last acknowledged message. To
 //! rebuild a lost database, delete the two durables as well.
 //!
 //! - [`domain`]: the rules and texts, pure.

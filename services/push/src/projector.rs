@@ -171,7 +171,13 @@ impl Projector {
     }
 
     /// Applies one event exactly once per durable; returns the notifications it created.
-    pub async fn apply(&self, event: &Incoming) -> Result<Vec<NotificationRecord>, HandlerError> {
+    /// `replay`: a replay from the message hospital, which notifies however old the
+    /// event is (an operator asked for it; the notifications were due when it failed).
+    pub async fn apply(
+        &self,
+        event: &Incoming,
+        replay: bool,
+    ) -> Result<Vec<NotificationRecord>, HandlerError> {
         let message_id = event.meta().message_id.to_string();
         // Cheap early exit for redeliveries, before taking SQLite's write lock.
         if ledger::is_processed(&self.db, &self.durable, &message_id)
@@ -194,8 +200,12 @@ impl Projector {
             backend: self.db.backend,
             now,
             max_event_age: self.max_event_age,
+            replay,
         };
-        let drafts = rules.apply(&mut tx, event).await.map_err(transient)?;
+        let mut drafts = rules.apply(&mut tx, event).await.map_err(transient)?;
+        // Each insert locks its user's sequence row until commit: taken in one order by
+        // every transaction, those locks cannot deadlock.
+        drafts.sort_by_key(|d| d.user_id);
         let mut created = Vec::with_capacity(drafts.len());
         for draft in &drafts {
             if let Some(n) = store::insert_notification(&mut tx, draft, now)
@@ -254,7 +264,7 @@ impl Handler for Projector {
         let Some(event) = decode(delivery)? else {
             return Ok(());
         };
-        let created = self.apply(&event).await?;
+        let created = self.apply(&event, delivery.replay_of.is_some()).await?;
         for n in &created {
             self.publish_live(n).await;
         }
@@ -267,11 +277,13 @@ struct Rules {
     backend: runtime::db::Backend,
     now: Timestamp,
     max_event_age: Duration,
+    /// A replay from the hospital: exempt from the age limit.
+    replay: bool,
 }
 
 impl Rules {
     fn fresh(&self, occurred_at: Timestamp) -> bool {
-        domain::is_fresh(occurred_at, self.now, self.max_event_age)
+        self.replay || domain::is_fresh(occurred_at, self.now, self.max_event_age)
     }
 
     async fn apply(

@@ -1,6 +1,6 @@
 //! The history use cases behind the request/reply endpoints: list, mark read, since.
 
-use contracts::api::{Notification, NotificationPage};
+use contracts::api::{Notification, NotificationPage, NotificationsSince};
 use jiff::Timestamp;
 use runtime::db::Database;
 use uuid::Uuid;
@@ -65,10 +65,17 @@ impl Notifications {
         Ok(row.to_api())
     }
 
-    /// The user's notifications after `after`, oldest first (stream resume).
-    pub async fn since(&self, user: Uuid, after: Uuid, limit: u32) -> Result<Vec<Notification>> {
+    /// What a stream missed, oldest first (see [`NotificationsSince`] for which).
+    pub async fn since(&self, user: Uuid, q: &NotificationsSince) -> Result<Vec<Notification>> {
         let mut conn = self.db.pool.acquire().await?;
-        let rows = store::since(&mut conn, user, after, domain::since_limit(limit)).await?;
+        let limit = domain::since_limit(q.limit);
+        let rows = if q.newest {
+            store::newest(&mut conn, user).await?.into_iter().collect()
+        } else if let Some(after_seq) = q.after_seq {
+            store::since_seq(&mut conn, user, after_seq, limit).await?
+        } else {
+            store::since(&mut conn, user, q.after, limit).await?
+        };
         Ok(rows.iter().map(|r| r.to_api()).collect())
     }
 }

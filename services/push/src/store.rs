@@ -325,6 +325,8 @@ pub async fn attending_before(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationRecord {
     pub id: Uuid,
+    /// The user's sequence number, in commit order (see [`insert_notification`]).
+    pub seq: u64,
     pub user_id: Uuid,
     pub kind: NotificationKind,
     pub title: String,
@@ -338,6 +340,7 @@ impl NotificationRecord {
     pub fn to_api(&self) -> Notification {
         Notification {
             id: self.id,
+            seq: Some(self.seq),
             kind: self.kind,
             title: self.title.clone(),
             body: self.body.clone(),
@@ -348,13 +351,18 @@ impl NotificationRecord {
     }
 }
 
-const NOTIFICATION_COLUMNS: &str = "id, user_id, kind, title, body, event_id, created_at, read_at";
+const NOTIFICATION_COLUMNS: &str =
+    "id, seq, user_id, kind, title, body, event_id, created_at, read_at";
 
 fn notification_from_row(row: &AnyRow) -> Result<NotificationRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
     let read_at: Option<i64> = row.try_get("read_at")?;
+    let seq: Option<i64> = row.try_get("seq")?;
     Ok(NotificationRecord {
         id: uuid_col(row, "notifications", "id")?,
+        seq: seq
+            .and_then(|s| u64::try_from(s).ok())
+            .ok_or_else(|| corrupt("notifications", format!("seq = {seq:?}")))?,
         user_id: uuid_col(row, "notifications", "user_id")?,
         kind: NotificationKind::parse(&kind)
             .ok_or_else(|| corrupt("notifications", format!("kind = {kind}")))?,
@@ -366,15 +374,37 @@ fn notification_from_row(row: &AnyRow) -> Result<NotificationRecord, StoreError>
     })
 }
 
+/// Takes the user's next sequence number. The upsert locks the user's row until the
+/// transaction ends (PostgreSQL: a row lock; SQLite: `BEGIN IMMEDIATE` holds the only
+/// write lock), so a concurrent transaction storing for the same user waits here until
+/// this one commits and then gets the next number: numbers become visible in order.
+async fn next_seq(conn: &mut AnyConnection, user_id: Uuid) -> Result<u64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO notification_sequences (user_id, last_seq) VALUES ($1, 1) \
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = notification_sequences.last_seq + 1 \
+         RETURNING last_seq",
+    )
+    .bind(user_id.to_string())
+    .fetch_one(conn)
+    .await?;
+    u64::try_from(seq).map_err(|_| corrupt("notification_sequences", format!("last_seq = {seq}")))
+}
+
 /// Stores a notification unless its source already told this user this kind of thing;
 /// returns it only when it is new.
+///
+/// It gets the user's next `seq` (see [`next_seq`]): callers storing for several users
+/// in one transaction do it in user-id order, so two transactions never wait on each
+/// other's users in a cycle.
 pub async fn insert_notification(
     conn: &mut AnyConnection,
     draft: &Draft,
     now: Timestamp,
 ) -> Result<Option<NotificationRecord>, StoreError> {
+    let seq = next_seq(conn, draft.user_id).await?;
     let record = NotificationRecord {
         id: Uuid::now_v7(),
+        seq,
         user_id: draft.user_id,
         kind: draft.kind,
         title: draft.title.clone(),
@@ -384,11 +414,12 @@ pub async fn insert_notification(
         read_at: None,
     };
     let done = sqlx::query(
-        "INSERT INTO notifications (id, user_id, kind, title, body, event_id, \
-         source_message_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+        "INSERT INTO notifications (id, seq, user_id, kind, title, body, event_id, \
+         source_message_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (source_message_id, user_id, kind) DO NOTHING",
     )
     .bind(record.id.to_string())
+    .bind(version_param(seq))
     .bind(record.user_id.to_string())
     .bind(record.kind.as_str())
     .bind(&record.title)
@@ -396,9 +427,18 @@ pub async fn insert_notification(
     .bind(record.event_id.map(|id| id.to_string()))
     .bind(draft.source_message_id.to_string())
     .bind(to_micros(now))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok((done.rows_affected() == 1).then_some(record))
+    if done.rows_affected() == 1 {
+        return Ok(Some(record));
+    }
+    // Already told: give the number back (the lock is still ours, nobody took a later
+    // one), so the user's numbers stay gapless.
+    sqlx::query("UPDATE notification_sequences SET last_seq = last_seq - 1 WHERE user_id = $1")
+        .bind(draft.user_id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(None)
 }
 
 /// One page of a user's notifications, newest first; fetches `limit + 1` rows so the
@@ -459,7 +499,44 @@ pub async fn mark_read(
     row.as_ref().map(notification_from_row).transpose()
 }
 
-/// A user's notifications with an id above `after`, oldest first.
+/// A user's notifications with a `seq` above `after_seq`, in `seq` order.
+pub async fn since_seq(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<NotificationRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE user_id = $1 AND seq > $2 \
+         ORDER BY seq ASC LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id.to_string())
+        .bind(version_param(after_seq))
+        .bind(i64::from(limit))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(notification_from_row).collect()
+}
+
+/// A user's newest notification by `seq`.
+pub async fn newest(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+) -> Result<Option<NotificationRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE user_id = $1 \
+         ORDER BY seq DESC LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(notification_from_row).transpose()
+}
+
+/// A user's notifications with an id above `after`, in id order (resume points from
+/// before `seq`).
 pub async fn since(
     conn: &mut AnyConnection,
     user_id: Uuid,

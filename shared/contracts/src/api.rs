@@ -351,8 +351,15 @@ pub struct Accepted {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Notification {
-    /// UUIDv7: ordered by creation; also the SSE event id.
+    /// UUIDv7, made before the notification is stored: ordered by creation, but not by
+    /// commit (push stores notifications concurrently).
     pub id: Uuid,
+    /// The user's notification sequence number: 1, 2, 3, … per user, assigned in commit
+    /// order (under a per-user lock in the storing transaction), so every notification
+    /// with a lower `seq` was visible before this one. The SSE event id, and what
+    /// `Last-Event-ID` resumes from. Absent only from pushes older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub kind: NotificationKind,
     pub title: String,
     pub body: String,
@@ -374,12 +381,55 @@ pub struct NotificationPage {
     pub unread: u64,
 }
 
-/// Internal (gateway → push): the caller's notifications created after `after`, oldest
-/// first, for resuming a stream from `Last-Event-ID`.
+/// Internal (gateway → push): what a notification stream missed, oldest first, at most
+/// `limit`. Which ones, by the first field that applies:
+/// - `newest`: only the caller's newest notification (by `seq`), or none: where a new
+///   stream without `Last-Event-ID` starts counting;
+/// - `after_seq`: those with a `seq` above it, in `seq` order (the resume point);
+/// - else `after`: those with an id above it, in id order (the resume point before
+///   `seq` existed; it can miss one stored concurrently with a lower id).
+///
+/// The two optional fields were added within v1: an older push ignores them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationsSince {
     pub after: Uuid,
     pub limit: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub newest: bool,
+}
+
+impl NotificationsSince {
+    /// Those with a `seq` above `after_seq`.
+    pub fn after_seq(after_seq: u64, limit: u32) -> Self {
+        NotificationsSince {
+            after: Uuid::nil(),
+            limit,
+            after_seq: Some(after_seq),
+            newest: false,
+        }
+    }
+
+    /// Those with an id above `after` (a resume point from before `seq`).
+    pub fn after_id(after: Uuid, limit: u32) -> Self {
+        NotificationsSince {
+            after,
+            limit,
+            after_seq: None,
+            newest: false,
+        }
+    }
+
+    /// Only the newest one.
+    pub fn newest() -> Self {
+        NotificationsSince {
+            after: Uuid::nil(),
+            limit: 1,
+            after_seq: None,
+            newest: true,
+        }
+    }
 }
 
 /// `POST /v1/notifications/stream/ticket`: a single-use ticket for

@@ -26,10 +26,11 @@ use crate::rpc::Role;
 use crate::subjects;
 
 /// Identity, time and ordering of one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventMeta {
     /// UUIDv7, also the `Nats-Msg-Id` the outbox relay publishes with.
     pub message_id: Uuid,
+    #[schema(value_type = String, format = DateTime)]
     pub occurred_at: Timestamp,
     pub aggregate_id: Uuid,
     /// Increases by one with every change of the aggregate.
@@ -74,7 +75,7 @@ macro_rules! domain_event {
 }
 
 /// A new account. Aggregate: the user (version 1).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserRegisteredV1 {
     pub meta: EventMeta,
     pub user_id: Uuid,
@@ -102,7 +103,7 @@ domain_event!(
 
 /// A user's notification preferences changed. Aggregate: the user's preferences
 /// (version increases with every change; readers keep the highest).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PreferencesChangedV1 {
     pub meta: EventMeta,
     pub user_id: Uuid,
@@ -118,13 +119,14 @@ domain_event!(
 /// A password reset was requested for an existing account. Carries the single-use,
 /// short-lived token the mail links to (useless once used or expired). Aggregate: the
 /// user.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PasswordResetRequestedV1 {
     pub meta: EventMeta,
     pub user_id: Uuid,
     pub email: String,
     pub display_name: String,
     pub token: String,
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
 }
 crate::redacted_debug!(PasswordResetRequestedV1 {
@@ -184,14 +186,16 @@ pub struct RsvpCounts {
 
 /// The state of a calendar event as of one of its domain events: everything a
 /// subscriber needs to render a mail or notification without asking calendar.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventSnapshot {
     pub event_id: Uuid,
     pub organizer_id: Uuid,
     pub title: String,
     pub description: String,
     /// UTC instant; render it in `time_zone`.
+    #[schema(value_type = String, format = DateTime)]
     pub starts_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub ends_at: Timestamp,
     /// IANA time zone name, e.g. `Europe/Berlin`.
     pub time_zone: String,
@@ -202,7 +206,7 @@ pub struct EventSnapshot {
 }
 
 /// A new event. Aggregate: the event (version 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventCreatedV1 {
     pub meta: EventMeta,
     pub event: EventSnapshot,
@@ -215,7 +219,7 @@ domain_event!(
 );
 
 /// An edit of an event by its organizer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventUpdatedV1 {
     pub meta: EventMeta,
     pub event: EventSnapshot,
@@ -232,7 +236,7 @@ domain_event!(
 );
 
 /// An event cancelled by its organizer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventCancelledV1 {
     pub meta: EventMeta,
     pub event: EventSnapshot,
@@ -246,7 +250,7 @@ domain_event!(
 
 /// A new or changed RSVP. Aggregate: the event (every RSVP bumps its version, since it
 /// changes the event's counts).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RsvpChangedV1 {
     pub meta: EventMeta,
     pub event: EventSnapshot,
@@ -264,7 +268,7 @@ domain_event!(
 
 /// An RSVP answer as v2 of `calendar.rsvp_changed` carries it: the status became an
 /// object, so it can grow (a note now) without another breaking change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RsvpAnswer {
     pub value: RsvpStatus,
     /// The attendee's note with the answer; `None` when they left none.
@@ -281,7 +285,7 @@ impl From<RsvpStatus> for RsvpAnswer {
 /// A new or changed RSVP, v2: `status` and `previous_status` are [`RsvpAnswer`] objects
 /// instead of bare strings (a breaking change, hence a new version on
 /// `calendar.v2.rsvp.changed`, published beside v1 while consumers move).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RsvpChangedV2 {
     pub meta: EventMeta,
     pub event: EventSnapshot,
@@ -428,5 +432,65 @@ pub fn encode_json(
             message_type: message_type.to_owned(),
             version,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::PartialSchema;
+
+    fn schema<T: PartialSchema>() -> serde_json::Value {
+        serde_json::to_value(T::schema()).unwrap_or_default()
+    }
+
+    /// Every domain event type documents its fields (for the contract docs and tools
+    /// that render them); instants are RFC 3339 strings.
+    #[test]
+    fn event_types_derive_their_schema() {
+        let meta = schema::<EventMeta>();
+        assert_eq!(meta["properties"]["occurred_at"]["type"], "string");
+        assert_eq!(meta["properties"]["occurred_at"]["format"], "date-time");
+        assert_eq!(
+            schema::<EventSnapshot>()["properties"]["starts_at"]["format"],
+            "date-time"
+        );
+        let cases: [(serde_json::Value, &[&str]); 9] = [
+            (
+                schema::<UserRegisteredV1>(),
+                &["meta", "user_id", "email", "display_name", "role"],
+            ),
+            (
+                schema::<PreferencesChangedV1>(),
+                &["meta", "user_id", "preferences"],
+            ),
+            (
+                schema::<PasswordResetRequestedV1>(),
+                &["meta", "user_id", "token", "expires_at"],
+            ),
+            (schema::<EventCreatedV1>(), &["meta", "event"]),
+            (
+                schema::<EventUpdatedV1>(),
+                &["meta", "event", "time_changed", "changed_fields"],
+            ),
+            (schema::<EventCancelledV1>(), &["meta", "event"]),
+            (
+                schema::<RsvpChangedV1>(),
+                &["meta", "event", "attendee_id", "status"],
+            ),
+            (
+                schema::<RsvpChangedV2>(),
+                &["meta", "event", "attendee_id", "status"],
+            ),
+            (schema::<RsvpAnswer>(), &["value", "note"]),
+        ];
+        for (schema, fields) in cases {
+            for field in fields {
+                assert!(
+                    schema["properties"].get(field).is_some(),
+                    "{field} missing from {schema}"
+                );
+            }
+        }
     }
 }

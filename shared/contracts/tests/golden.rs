@@ -10,7 +10,10 @@
 
 use std::path::PathBuf;
 
-use contracts::api::{CreateEventRequest, LoginRequest, Preferences, RsvpRequest};
+use contracts::api::{
+    CreateEventRequest, LoginRequest, Notification, NotificationKind, NotificationsSince,
+    Preferences, RsvpRequest,
+};
 use contracts::events::{
     EventCancelledV1, EventCreatedV1, EventMeta, EventSnapshot, EventStatus, EventUpdatedV1,
     KNOWN_EVENTS, PasswordResetRequestedV1, PreferencesChangedV1, RsvpAnswer, RsvpChangedV1,
@@ -399,6 +402,47 @@ fn breaking_changes_are_named() {
         ),
         "{text}"
     );
+}
+
+/// The live stream's contracts (push ⇄ gateway). `seq`, `after_seq` and `newest` were
+/// added within v1 as optional fields: these files hold the encoding from before them,
+/// which still decodes, and a value that leaves them unset still encodes to it.
+#[test]
+fn notification_and_since_v1() {
+    let notification = Notification {
+        id: id(40),
+        seq: None,
+        kind: NotificationKind::RsvpReceived,
+        title: "Ada is going to Rust meetup".into(),
+        body: "1 going, 0 maybe, 0 declined".into(),
+        event_id: Some(id(10)),
+        created_at: ts("2030-01-02T03:04:05.123456Z"),
+        read_at: None,
+    };
+    check("push.notification.v1", &notification);
+    check(
+        "push.notifications_since.v1",
+        &NotificationsSince::after_id(id(40), 500),
+    );
+    let numbered = Notification {
+        seq: Some(7),
+        ..notification
+    };
+    let bytes = wire::encode(&numbered).expect("encode");
+    assert_eq!(
+        wire::decode::<Notification>(&bytes).expect("decode"),
+        numbered
+    );
+    for q in [
+        NotificationsSince::after_seq(7, 500),
+        NotificationsSince::newest(),
+    ] {
+        let bytes = wire::encode(&q).expect("encode");
+        assert_eq!(
+            wire::decode::<NotificationsSince>(&bytes).expect("decode"),
+            q
+        );
+    }
 }
 
 #[test]

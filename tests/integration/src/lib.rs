@@ -21,6 +21,8 @@
 //!   [`run_scenario`] (a scenario per backend), [`common_config`], [`rpc`] (a request as
 //!   the gateway sends it), [`expect_status`], [`expect_problem`], [`http_status`],
 //!   [`consumer_info`], [`wait_settled`].
+//! - [`smtp::SmtpServer`]: a real SMTP server (aiosmtpd); [`ics`]: its mails' `.ics` read
+//!   with an RFC 5545 parser.
 //! - [`free_port`], [`unique_email`].
 //! - [`otlp::OtlpReceiver`]: an OTLP/HTTP trace receiver the services can export to;
 //!   [`prom::Scrape`]: a parsed `/metrics`; [`sse::SseStream`]: the notification stream;
@@ -37,6 +39,8 @@
 //!   `TEST_LOG=1`, nothing with `TEST_LOG=0`. A service running inside the test process
 //!   logs to the test output only with `TEST_LOG=1` ([`init_in_process_logs`]).
 //! - `TEST_KEEP_DB=1`: keep the PostgreSQL test databases instead of dropping them.
+//! - `MESH_TEST_REPORT`: a file [`report`] appends its lines to (`cargo xtask test` sets
+//!   it and prints the file after the run).
 //! - `MESH_BIN_DIR`: where the service binaries are (default: the profile directory of
 //!   the running test, e.g. `target/debug`). Missing binaries are built once per test
 //!   process with `cargo build --bins -p auth -p calendar -p gateway -p email -p push`.
@@ -68,6 +72,7 @@ use tempfile::TempDir;
 pub use async_nats;
 pub use reqwest::header::HeaderMap;
 pub use reqwest::{Method, StatusCode};
+pub mod ics;
 pub mod otlp;
 pub mod prom;
 pub mod smtp;
@@ -335,6 +340,17 @@ fn log_stdio(path: &Path) -> Result<(Stdio, Stdio)> {
         .open(path)
         .with_context(|| format!("Failed to open {}", path.display()))?;
     Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+}
+
+/// A figure a test measured, for the run's summary (e.g. the mail counts of the kill -9
+/// journey): printed to stderr (shown for a failing test, or with `--nocapture`) and
+/// appended to the file named by `MESH_TEST_REPORT`, which `cargo xtask test` prints
+/// after the run, so it shows in CI output whether the test passed or not.
+pub fn report(line: &str) {
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("MESH_TEST_REPORT").filter(|p| !p.is_empty()) {
+        append_line(Path::new(&path), line);
+    }
 }
 
 fn append_line(path: &Path, line: &str) {

@@ -95,6 +95,40 @@ pub fn ensure_aiosmtpd() -> Result<PathBuf> {
     Ok(tools)
 }
 
+/// The STARTTLS server's certificate authority, certificate and credentials.
+#[derive(Debug, Clone)]
+struct TlsSetup {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    user: String,
+    password: String,
+}
+
+/// A CA and a certificate it signed for `localhost` and `127.0.0.1`, as PEM files in
+/// `dir`.
+fn make_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mesh test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?
+        .signed_by(&key, &ca)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
+}
+
 /// One attachment of a received mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedAttachment {
@@ -122,6 +156,11 @@ impl ReceivedAttachment {
     /// The bytes as UTF-8 text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// A `text/calendar` attachment read with an RFC 5545 parser.
+    pub fn invitation(&self) -> Result<crate::ics::Invitation> {
+        crate::ics::parse(&self.text())
     }
 }
 
@@ -247,12 +286,17 @@ fn handler_dir() -> PathBuf {
 }
 
 /// A private aiosmtpd on a free port that stores every mail in a maildir, and refuses
-/// with a permanent 550 every recipient whose address starts with `reject`. Killed on
-/// drop.
+/// with a permanent 550 every recipient whose address starts with `reject`. While
+/// [`SmtpServer::hold`] is on, mails wait at DATA (in flight on the client's side). Killed
+/// on drop.
 pub struct SmtpServer {
     port: u16,
     maildir: PathBuf,
     log: PathBuf,
+    /// Exists while mails are held (see `mesh_smtp.py`).
+    hold_file: PathBuf,
+    /// STARTTLS and AUTH required (see [`SmtpServer::start_tls`]).
+    tls: Option<TlsSetup>,
     tools: PathBuf,
     child: Option<Child>,
     // Last field: removed after the child is gone.
@@ -262,6 +306,17 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts aiosmtpd on a free port; returns once it greets with `220`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], but the server requires STARTTLS (with a certificate for
+    /// `localhost` from a CA of its own, [`Self::ca_file`]) and then AUTH with `user` and
+    /// `password`. Logs `AUTH OK <user>` / `AUTH FAILED <user>` and `DATA over TLS`.
+    pub async fn start_tls(user: &str, password: &str) -> Result<Self> {
+        Self::start_with(Some((user.to_owned(), password.to_owned()))).await
+    }
+
+    async fn start_with(credentials: Option<(String, String)>) -> Result<Self> {
         let tools = ensure_aiosmtpd()?;
         let dir = tempfile::Builder::new()
             .prefix("mesh-smtp-")
@@ -271,6 +326,20 @@ impl SmtpServer {
             port: free_port(),
             maildir: dir.path().join("maildir"),
             log: dir.path().join("aiosmtpd.log"),
+            hold_file: dir.path().join("hold"),
+            tls: match credentials {
+                Some((user, password)) => {
+                    let (ca, cert, key) = make_certificates(dir.path())?;
+                    Some(TlsSetup {
+                        ca,
+                        cert,
+                        key,
+                        user,
+                        password,
+                    })
+                }
+                None => None,
+            },
             tools,
             child: None,
             _dir: dir,
@@ -294,19 +363,33 @@ impl SmtpServer {
         );
         let (stdout, stderr) = log_stdio(&self.log)?;
         let mut cmd = Command::new(python());
-        cmd.args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "mesh_smtp.RejectingMailbox"])
-            .arg(&self.maildir)
-            .env("PYTHONPATH", {
-                let mut paths = vec![handler_dir()];
-                paths.extend(std::env::split_paths(&python_path(&self.tools)?));
-                std::env::join_paths(paths).context("Failed to build PYTHONPATH")?
-            })
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        match &self.tls {
+            None => {
+                cmd.args(["-m", "aiosmtpd", "-n", "-l"])
+                    .arg(format!("127.0.0.1:{}", self.port))
+                    .args(["-c", "mesh_smtp.RejectingMailbox"])
+                    .arg(&self.maildir);
+            }
+            Some(tls) => {
+                cmd.args(["-m", "mesh_smtp", "127.0.0.1"])
+                    .arg(self.port.to_string())
+                    .arg(&self.maildir)
+                    .env("MESH_SMTP_TLS_CERT", &tls.cert)
+                    .env("MESH_SMTP_TLS_KEY", &tls.key)
+                    .env("MESH_SMTP_USER", &tls.user)
+                    .env("MESH_SMTP_PASSWORD", &tls.password);
+            }
+        }
+        cmd.env("PYTHONPATH", {
+            let mut paths = vec![handler_dir()];
+            paths.extend(std::env::split_paths(&python_path(&self.tools)?));
+            std::env::join_paths(paths).context("Failed to build PYTHONPATH")?
+        })
+        .env("PYTHONUNBUFFERED", "1")
+        .env("MESH_SMTP_HOLD_FILE", &self.hold_file)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
         sys::die_with_parent(&mut cmd);
         let child = cmd.spawn().context("Failed to start python3 -m aiosmtpd")?;
         self.child = Some(child);
@@ -352,9 +435,21 @@ impl SmtpServer {
         greeted
     }
 
-    /// `smtp://127.0.0.1:<port>` (plain, no authentication): the `SMTP_URL`.
+    /// The `SMTP_URL`: `smtp://127.0.0.1:<port>` (plain, no authentication), or for
+    /// [`Self::start_tls`] `smtp://<user>:<password>@localhost:<port>?tls=required`.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        match &self.tls {
+            None => format!("smtp://127.0.0.1:{}", self.port),
+            Some(tls) => format!(
+                "smtp://{}:{}@localhost:{}?tls=required",
+                tls.user, tls.password, self.port
+            ),
+        }
+    }
+
+    /// The CA the STARTTLS server's certificate is signed by (the `SMTP_TLS_CA_FILE`).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
     }
 
     pub fn port(&self) -> u16 {
@@ -466,6 +561,42 @@ impl SmtpServer {
     pub fn log_text(&self) -> String {
         read_lossy(&self.log)
     }
+
+    /// From now on every mail waits at DATA, unanswered, until [`Self::release`]: the
+    /// sender has it in flight. Each held mail is listed by [`Self::held`].
+    pub fn hold(&self) -> Result<()> {
+        std::fs::write(&self.hold_file, b"")
+            .with_context(|| format!("cannot create {}", self.hold_file.display()))
+    }
+
+    /// Ends the hold: held mails are accepted (those whose sender is still connected).
+    pub fn release(&self) -> Result<()> {
+        match std::fs::remove_file(&self.hold_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", self.hold_file.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Message-IDs of the mails held so far (each time one was held).
+    pub fn held(&self) -> Vec<String> {
+        self.log_entries("HOLDING ")
+    }
+
+    /// Message-IDs of held mails whose sender disconnected before the hold ended: never
+    /// accepted, so not delivered.
+    pub fn lost(&self) -> Vec<String> {
+        self.log_entries("LOST ")
+    }
+
+    fn log_entries(&self, prefix: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|id| id.trim().trim_matches(['<', '>']).to_owned())
+            .collect()
+    }
 }
 
 impl Drop for SmtpServer {
@@ -517,6 +648,68 @@ mod tests {
         writer.write_all(b"\r\n.\r\n")?;
         expect("250")?;
         writer.write_all(b"QUIT\r\n")?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_mails_in_flight_and_a_dropped_sender_loses_its_mail() -> Result<()> {
+        let smtp = SmtpServer::start().await?;
+        let port = smtp.port();
+        let mail = |id: &str| {
+            format!("From: a@example.com\r\nTo: b@example.com\r\nMessage-ID: <{id}@mesh>\r\n\r\nhi")
+        };
+        smtp.hold()?;
+        let kept = mail("kept");
+        let sender = tokio::task::spawn_blocking(move || send_raw(port, "b@example.com", &kept));
+        poll_until(Duration::from_secs(10), "a held mail", || async {
+            (smtp.held() == ["kept@mesh"]).then_some(())
+        })
+        .await?;
+        assert!(smtp.messages()?.is_empty(), "not accepted while held");
+        assert!(!sender.is_finished(), "the sender waits for the reply");
+
+        // A sender that goes away while its mail is held: never accepted.
+        let dropped = mail("dropped");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                for line in [
+                    "EHLO t\r\n",
+                    "MAIL FROM:<a@example.com>\r\n",
+                    "RCPT TO:<b@example.com>\r\n",
+                    "DATA\r\n",
+                ] {
+                    let _ = s.write_all(line.as_bytes());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = s.write_all(format!("{dropped}\r\n.\r\n").as_bytes());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        poll_until(Duration::from_secs(10), "the dropped mail lost", || async {
+            (smtp.lost() == ["dropped@mesh"]).then_some(())
+        })
+        .await?;
+
+        smtp.release()?;
+        sender.await??;
+        let got = smtp.wait_for_count(1, Duration::from_secs(10)).await?;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].message_id.as_deref(), Some("kept@mesh"));
+        assert_eq!(smtp.lost(), ["dropped@mesh"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_tls_server_refuses_mail_before_starttls() -> Result<()> {
+        let smtp = SmtpServer::start_tls("mesh", "s3cret").await?;
+        assert!(smtp.url().ends_with("?tls=required"), "{}", smtp.url());
+        let ca = std::fs::read_to_string(smtp.ca_file().context("a CA")?)?;
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        let err = send_raw(smtp.port(), "b@example.com", "Subject: x\r\n\r\nx")
+            .expect_err("plain text is refused");
+        assert!(err.to_string().contains("530"), "{err}");
+        assert!(smtp.messages()?.is_empty());
         Ok(())
     }
 

@@ -141,6 +141,7 @@ impl TestEnv {
             database_url: self.db.url().to_owned(),
             smtp_url: Some(self.smtp.url()),
             smtp_timeout: Duration::from_secs(3),
+            smtp_tls_ca: None,
             file_dir: self.dir.path().join("mail"),
             from: DEFAULT_FROM.into(),
             public_base_url: BASE_URL.into(),
@@ -230,6 +231,30 @@ pub async fn publish_with<E: DomainEvent>(
         payload,
         nats_msg_id,
         schema_version,
+    )
+    .await
+}
+
+/// Publishes `event` as the hospital replays a dead letter of `durable` (on `stream`):
+/// on the durable's replay subject, with a new `Nats-Msg-Id` and `Mesh-Replay-Of`.
+pub async fn publish_replay<E: DomainEvent>(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    event: &E,
+    park_id: &str,
+) -> Result<u64> {
+    let mut event_headers = contracts::events::event_headers(event);
+    event_headers.push((headers::REPLAY_OF, park_id.to_owned()));
+    let subject = subjects::replay_subject(stream, durable, E::SUBJECT)
+        .context("a stream with replay subjects")?;
+    publish_raw(
+        js,
+        &subject,
+        event_headers,
+        contracts::wire::encode(event)?,
+        Some(&format!("replay:{park_id}:1")),
+        None,
     )
     .await
 }

@@ -2,6 +2,7 @@
 //! in-process, contract events published the way the outbox relays publish them.
 
 mod helpers;
+mod ordering;
 
 use std::time::Duration;
 
@@ -142,6 +143,16 @@ async fn an_rsvp_sends_an_invitation_and_tells_the_organizer(backend: Backend) -
     let uid = format!("{}@mesh", event.snapshot.event_id);
     assert_eq!(ics_value(&lines, "UID"), Some(uid.as_str()));
     assert_eq!(ics_value(&lines, "SEQUENCE"), Some("2"));
+    // As a calendar client reads it: the times in their zone are the event's instants.
+    let invite = ics.invitation()?;
+    assert_eq!(invite.method.as_deref(), Some("REQUEST"));
+    assert_eq!(invite.uid, uid);
+    assert_eq!(invite.sequence, Some(2));
+    assert_eq!(invite.start_tzid.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(invite.end_tzid.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(invite.starts_at, event.snapshot.starts_at);
+    assert_eq!(invite.ends_at, event.snapshot.ends_at);
+    assert_eq!(invite.time_zones, vec!["Europe/Berlin".to_owned()]);
     let attendee = ics_name(&lines, "ATTENDEE").unwrap_or_default();
     ensure!(attendee.contains("PARTSTAT=ACCEPTED"), "{attendee}");
     assert_eq!(
@@ -206,6 +217,9 @@ async fn an_rsvp_sends_an_invitation_and_tells_the_organizer(backend: Backend) -
     let lines = ics_lines(&ics.text());
     assert_eq!(ics_value(&lines, "UID"), Some(uid.as_str()));
     assert_eq!(ics_value(&lines, "SEQUENCE"), Some("4"));
+    let invite = ics.invitation()?;
+    assert_eq!(invite.method.as_deref(), Some("CANCEL"));
+    assert_eq!(invite.uid, uid, "the same UID as the invitation");
     Ok(())
 }
 
@@ -282,6 +296,12 @@ async fn a_cancellation_reaches_every_attendee_once(backend: Backend) -> Result<
             ics_value(&lines, "SEQUENCE"),
             Some(cancelled.meta.aggregate_version.to_string().as_str())
         );
+        let invite = ics.invitation()?;
+        assert_eq!(invite.method.as_deref(), Some("CANCEL"));
+        assert_eq!(invite.status.as_deref(), Some("CANCELLED"));
+        assert_eq!(invite.uid, uid);
+        assert_eq!(invite.starts_at, cancelled.event.starts_at);
+        assert_eq!(invite.ends_at, cancelled.event.ends_at);
         ensure!(
             mail.list_unsubscribe
                 .as_deref()
@@ -291,8 +311,9 @@ async fn a_cancellation_reaches_every_attendee_once(backend: Backend) -> Result<
         );
     }
 
-    // The cancellation is retried for Dan until he is known; then he gets his mails,
-    // and the others are not mailed again.
+    // The cancellation is retried for Dan until he is known; then he gets it (and his
+    // RSVP's retry, seeing the event cancelled since, no invitation to it), and the
+    // others are not mailed again.
     let seq = publish(&env.js, &dan.registered()).await?;
     wait_auth(&env.js, seq).await?;
     env.smtp
@@ -300,13 +321,6 @@ async fn a_cancellation_reaches_every_attendee_once(backend: Backend) -> Result<
             m.subject
                 .as_deref()
                 .is_some_and(|s| s.starts_with("Cancelled"))
-        })
-        .await?;
-    env.smtp
-        .wait_for(&dan.email, WAIT, |m| {
-            m.subject
-                .as_deref()
-                .is_some_and(|s| s.starts_with("You're going"))
         })
         .await?;
     let info = consumer_info(
@@ -332,6 +346,13 @@ async fn a_cancellation_reaches_every_attendee_once(backend: Backend) -> Result<
     assert_eq!(cancels(&bob.email)?, 1);
     assert_eq!(cancels(&cid.email)?, 0, "declined attendees are not told");
     assert_eq!(cancels(&dan.email)?, 1);
+    assert!(
+        env.smtp.messages_to(&dan.email)?.iter().all(|m| !m
+            .subject
+            .as_deref()
+            .is_some_and(|s| s.starts_with("You're going"))),
+        "no invitation to a cancelled event"
+    );
     let all = env.smtp.messages()?;
     let mut ids: Vec<_> = all.iter().filter_map(|m| m.message_id.clone()).collect();
     ids.sort();
@@ -385,6 +406,11 @@ async fn a_time_change_updates_the_invitations(backend: Backend) -> Result<()> {
             ics_value(&lines, "DTSTART;TZID=Europe/Berlin"),
             Some("20300602T180000")
         );
+        let invite = ics.invitation()?;
+        assert_eq!(invite.method.as_deref(), Some("REQUEST"));
+        assert_eq!(invite.uid, uid);
+        assert_eq!(invite.starts_at, moved.event.starts_at, "the new start");
+        assert_eq!(invite.ends_at, moved.event.ends_at);
         let attendee = ics_name(&lines, "ATTENDEE").unwrap_or_default();
         ensure!(
             attendee.contains(&format!("PARTSTAT={partstat}")),
@@ -634,4 +660,140 @@ async fn the_binary_writes_eml_files_without_smtp_and_stops_on_sigterm() -> Resu
         service.log_text()
     );
     Ok(())
+}
+
+/// SIGTERM while a mail is in flight (the SMTP server holds it at DATA): the binary keeps
+/// running until the server accepts the mail, acknowledges the message, and only then
+/// exits, cleanly. Restarted, it sends nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_mail_in_flight() -> Result<()> {
+    let nats = integration::NatsServer::start().await?;
+    let js = nats.jetstream().await?;
+    let smtp = integration::smtp::SmtpServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let env: std::collections::HashMap<String, String> = [
+        ("NATS_URL", nats.url()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("email.db").display()),
+        ),
+        ("SMTP_URL", smtp.url()),
+        // The held mail waits for the release, not for a client timeout.
+        ("SMTP_TIMEOUT_MS", "30000".to_owned()),
+        ("SHUTDOWN_GRACE_MS", "30000".to_owned()),
+        ("PUBLIC_BASE_URL", BASE_URL.to_owned()),
+        ("EMAIL_BACKOFF_MS", "5000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut service = integration::ServiceProcess::spawn_binary(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_mesh-email")),
+        env,
+    )?;
+    service.wait_ready(WAIT).await?;
+
+    smtp.hold()?;
+    let ann = User::new("Ann");
+    let seq = publish(&js, &ann.registered()).await?;
+    integration::poll_until(WAIT, "the welcome mail in flight", || async {
+        (!smtp.held().is_empty()).then_some(())
+    })
+    .await?;
+
+    let log = service.log_path().to_owned();
+    let (status, released) =
+        tokio::join!(service.terminate_within(Duration::from_secs(40)), async {
+            // SIGTERM arrived and the service is draining, with the mail still held.
+            integration::poll_until(WAIT, "the service to start draining", || async {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains("shutdown signal received, draining")
+                    .then_some(())
+            })
+            .await?;
+            ensure!(smtp.messages()?.is_empty(), "not accepted yet");
+            ensure!(smtp.lost().is_empty(), "the mail in flight was abandoned");
+            smtp.release()
+        });
+    released?;
+    let status = status?;
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        smtp.lost().is_empty(),
+        "the service hung up on its mail in flight"
+    );
+    assert_eq!(
+        smtp.messages_to(&ann.email)?.len(),
+        1,
+        "delivered during the drain"
+    );
+    let info = consumer_info(&js, "AUTH", contracts::subjects::durables::EMAIL_AUTH).await?;
+    assert_eq!(info.num_ack_pending, 0, "acknowledged before exit");
+    assert_eq!(info.num_redelivered, 0);
+    ensure!(
+        info.ack_floor.stream_sequence >= seq,
+        "ack floor {} < {seq}",
+        info.ack_floor.stream_sequence
+    );
+
+    // Restarted: the next message is handled, the drained one is not mailed again.
+    service.respawn()?;
+    service.wait_ready(WAIT).await?;
+    let bob = User::new("Bob");
+    let next = publish(&js, &bob.registered()).await?;
+    smtp.wait_for(&bob.email, WAIT, |_| true).await?;
+    let info = wait_auth(&js, next).await?;
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(smtp.messages_to(&ann.email)?.len(), 1, "nothing sent twice");
+    assert_eq!(smtp.messages()?.len(), 2);
+    let status = service.terminate().await?;
+    ensure!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+/// A real SMTP server that requires STARTTLS (its certificate signed by a CA of its own,
+/// trusted through `SMTP_TLS_CA_FILE`) and then AUTH with the credentials in `SMTP_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_with_credentials() -> Result<()> {
+    let nats = integration::NatsServer::start().await?;
+    let smtp = integration::smtp::SmtpServer::start_tls("mesh", "s3cret").await?;
+    let dir = tempfile::tempdir()?;
+    let db = integration::TestDb::create(Backend::Sqlite, dir.path(), "email").await?;
+    let js = nats.jetstream().await?;
+    runtime::nats::provision_streams(&js, contracts::subjects::ALL_STREAMS).await?;
+    let env = TestEnv {
+        nats,
+        smtp,
+        js,
+        db,
+        app: None,
+        dir,
+    };
+    let mut config = env.config();
+    ensure!(
+        config.smtp_url.as_deref().is_some_and(
+            |u| u.starts_with("smtp://mesh:s3cret@localhost:") && u.ends_with("?tls=required")
+        ),
+        "{:?}",
+        config.smtp_url
+    );
+    config.smtp_tls_ca = env.smtp.ca_file().map(std::path::Path::to_path_buf);
+    let app = spawn(config).await?;
+
+    let ann = User::new("Ann");
+    publish(&env.js, &ann.registered()).await?;
+    let mail = env.smtp.wait_for(&ann.email, WAIT, |_| true).await?;
+    ensure!(
+        mail.subject
+            .as_deref()
+            .is_some_and(|s| s.contains("Welcome")),
+        "{:?}",
+        mail.subject
+    );
+    let log = env.smtp.log_text();
+    ensure!(log.contains("AUTH OK mesh"), "logged in: {log}");
+    ensure!(log.contains("DATA over TLS"), "sent over TLS: {log}");
+    ensure!(!log.contains("AUTH FAILED"), "{log}");
+    app.stop().await
 }

@@ -744,6 +744,14 @@ pub fn notification(title: &str) -> Notification {
     .expect("notification")
 }
 
+/// A notification numbered `seq`, as push stores it.
+pub fn notification_seq(title: &str, seq: u64) -> Notification {
+    Notification {
+        seq: Some(seq),
+        ..notification(title)
+    }
+}
+
 /// Publishes `n` as push does, on `user`'s live subject, and waits until the server has
 /// handled it (so a later message from this client cannot overtake it).
 pub async fn publish_live(nats: &async_nats::Client, user: Uuid, n: &Notification) {

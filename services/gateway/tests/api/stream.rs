@@ -2,7 +2,7 @@
 //! tickets for browsers, several replicas, and shutdown.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use contracts::api::Notification;
@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::helpers::{
-    SseReader, TestApp, assert_problem, notification, publish_live, spawn_app, spawn_app_with, stub,
+    SseReader, TestApp, assert_problem, notification, notification_seq, publish_live, spawn_app,
+    spawn_app_with, stub,
 };
 
 const STREAM: &str = "/v1/notifications/stream";
@@ -26,30 +27,58 @@ async fn open(app: &TestApp, user: Uuid) -> SseReader {
     SseReader::new(app.get(STREAM, user).send().await.expect("send")).await
 }
 
-/// A `since` stub answering from `stored` (oldest first, after `after`, at most
-/// `limit`), as push would; each request first waits for a permit from `gate`.
-async fn since_stub(
-    app: &TestApp,
-    stored: Vec<Notification>,
-    gate: Arc<Semaphore>,
-) -> crate::helpers::Stub {
-    let stored = Arc::new(stored);
+/// A user's stored notifications as push holds them (in `seq` order); tests append to
+/// it before publishing live, as push commits before it publishes.
+type Stored = Arc<Mutex<Vec<Notification>>>;
+
+/// A `since` stub answering from `stored` as push would (newest; after a seq; after an
+/// id); each request first waits for a permit from `gate`.
+async fn since_stub(app: &TestApp, stored: Stored, gate: Arc<Semaphore>) -> crate::helpers::Stub {
     stub(&app.nats, push::RPC_NOTIFICATIONS_SINCE, move |request| {
         let stored = stored.clone();
         let gate = gate.clone();
         async move {
             gate.acquire().await.expect("gate").forget();
-            let after: Uuid = request.body["after"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .expect("after is a UUID");
             let limit = request.body["limit"].as_u64().expect("limit") as usize;
-            let page: Vec<&Notification> =
-                stored.iter().filter(|n| n.id > after).take(limit).collect();
+            let stored = stored.lock().expect("lock").clone();
+            let page: Vec<Notification> = if request.body["newest"] == true {
+                stored.last().cloned().into_iter().collect()
+            } else if let Some(after) = request.body["after_seq"].as_u64() {
+                stored
+                    .into_iter()
+                    .filter(|n| n.seq.is_some_and(|s| s > after))
+                    .take(limit)
+                    .collect()
+            } else {
+                let after: Uuid = request.body["after"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("after is a UUID");
+                let mut by_id: Vec<Notification> =
+                    stored.into_iter().filter(|n| n.id > after).collect();
+                by_id.sort_by_key(|n| n.id);
+                by_id.truncate(limit);
+                by_id
+            };
             Some(RpcReply::ok(serde_json::to_value(page).expect("json")))
         }
     })
     .await
+}
+
+/// `n` notifications numbered `first..`, as push stores them.
+fn numbered(first: u64, n: u64) -> Vec<Notification> {
+    (first..first + n)
+        .map(|seq| notification_seq(&format!("n{seq}"), seq))
+        .collect()
+}
+
+fn seq_of(event: &crate::helpers::SseEvent) -> u64 {
+    event
+        .id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("event id is a seq: {event:?}"))
 }
 
 #[tokio::test]
@@ -78,9 +107,87 @@ async fn a_notification_reaches_its_user_only() {
 }
 
 /// Push handles deliveries concurrently, so a newer notification can be published live
-/// before an older one: both must reach the client, and a repeat of either must not.
+/// before an older one: the stream fetches the gap and sends both in `seq` order, once.
+/// So a client that stops after any event and resumes from its id misses nothing.
 #[tokio::test]
-async fn live_notifications_out_of_id_order_all_arrive_once() {
+async fn live_notifications_out_of_order_go_out_in_seq_order_once() {
+    let app = spawn_app().await;
+    let alice = Uuid::now_v7();
+    let stored: Stored = Arc::new(Mutex::new(numbered(1, 2)));
+    let since = since_stub(&app, stored.clone(), Arc::new(Semaphore::new(100))).await;
+    let mut stream = open(&app, alice).await;
+    // The stream starts after the newest stored (2) and asked what came after it.
+    since.wait_for(2).await;
+    let seen = since.seen();
+    assert_eq!(seen[0].request.body["newest"], true);
+    assert_eq!(seen[1].request.body["after_seq"], 2);
+
+    // 3, 4 and 5 are committed; 5 and 4 are published live before 3, and 4 twice.
+    let later = numbered(3, 3);
+    stored.lock().unwrap().extend(later.iter().cloned());
+    for n in [&later[2], &later[1], &later[0], &later[1]] {
+        publish_live(&app.nats, alice, n).await;
+    }
+    for expected in &later {
+        let event = stream.next_event().await;
+        assert_eq!(seq_of(&event), expected.seq.unwrap());
+        assert_eq!(event.notification(), *expected);
+    }
+    stream.assert_quiet(Duration::from_millis(300)).await;
+    // One fetch filled the gap before 5.
+    assert_eq!(since.count(), 3);
+    assert_eq!(since.seen()[2].request.body["after_seq"], 2);
+
+    // A live one whose gap push cannot fill (the fetch brings nothing) still goes out.
+    let lost = notification_seq("seven", 7);
+    publish_live(&app.nats, alice, &lost).await;
+    assert_eq!(seq_of(&stream.next_event().await), 7);
+}
+
+/// The newest notification is read before subscribing, and what was stored between
+/// that read and the subscription comes from the backlog (its live message went out
+/// before the subscription existed).
+#[tokio::test]
+async fn a_new_stream_gets_what_was_stored_while_it_opened() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let stored: Stored = Arc::new(Mutex::new(numbered(1, 3)));
+    let racing = notification_seq("stored while opening", 4);
+    let store = stored.clone();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let _since = stub(&app.nats, push::RPC_NOTIFICATIONS_SINCE, move |request| {
+        let store = store.clone();
+        let racing = racing.clone();
+        let first = first.clone();
+        async move {
+            let items = store.lock().unwrap().clone();
+            let page: Vec<Notification> = if request.body["newest"] == true {
+                items.last().cloned().into_iter().collect()
+            } else {
+                let after = request.body["after_seq"].as_u64().expect("after_seq");
+                items
+                    .into_iter()
+                    .filter(|n| n.seq.is_some_and(|s| s > after))
+                    .collect()
+            };
+            // Right after the newest was read, 4 commits (and is never seen live).
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                store.lock().unwrap().push(racing);
+            }
+            Some(RpcReply::ok(serde_json::to_value(page).expect("json")))
+        }
+    })
+    .await;
+    let mut stream = open(&app, user).await;
+    let event = stream.next_event().await;
+    assert_eq!(seq_of(&event), 4, "1 to 3 were there before: not sent");
+    stream.assert_quiet(Duration::from_millis(300)).await;
+}
+
+/// A push older than `seq`: notifications without it are sent by id, each once, in the
+/// order they arrive.
+#[tokio::test]
+async fn live_notifications_without_seq_all_arrive_once() {
     let app = spawn_app().await;
     let alice = Uuid::now_v7();
     let mut stream = open(&app, alice).await;
@@ -121,17 +228,16 @@ async fn every_replica_delivers_to_its_own_clients() {
 async fn reconnecting_gets_the_missed_ones_then_live_without_duplicates() {
     let app = spawn_app().await;
     let user = Uuid::now_v7();
-    let seen_before = notification("already seen");
-    let missed: Vec<Notification> = (1..=3).map(|i| notification(&format!("m{i}"))).collect();
-    let mut stored = vec![seen_before.clone()];
-    stored.extend(missed.iter().cloned());
+    let all = numbered(1, 4);
+    let (seen_before, missed) = (&all[0], &all[1..]);
+    let stored: Stored = Arc::new(Mutex::new(all.clone()));
     // The stub holds its answer until the test lets it go.
     let gate = Arc::new(Semaphore::new(0));
-    let since = since_stub(&app, stored, gate.clone()).await;
+    let since = since_stub(&app, stored.clone(), gate.clone()).await;
 
     let response = app
         .get(STREAM, user)
-        .header("last-event-id", seen_before.id.to_string())
+        .header("last-event-id", "1")
         .send()
         .await
         .expect("send");
@@ -139,13 +245,14 @@ async fn reconnecting_gets_the_missed_ones_then_live_without_duplicates() {
     since.wait_for(1).await;
     let request = &since.seen()[0].request;
     assert_eq!(request.caller.as_ref().map(|c| c.user_id), Some(user));
-    assert_eq!(request.body["after"], seen_before.id.to_string());
+    assert_eq!(request.body["after_seq"], 1);
     assert_eq!(request.body["limit"], 500);
 
     // While the backlog is being fetched, the last missed one is also published live
-    // (overlap), and so is a new one.
+    // (overlap), and so is a new one (stored first, as push does).
     publish_live(&app.nats, user, &missed[2]).await;
-    let fresh = notification("new while fetching");
+    let fresh = notification_seq("new while fetching", 5);
+    stored.lock().unwrap().push(fresh.clone());
     publish_live(&app.nats, user, &fresh).await;
     gate.add_permits(1);
 
@@ -153,44 +260,76 @@ async fn reconnecting_gets_the_missed_ones_then_live_without_duplicates() {
     for _ in 0..4 {
         got.push(stream.next_event().await.notification());
     }
-    let mut expected = missed.clone();
+    let mut expected = missed.to_vec();
     expected.push(fresh);
     assert_eq!(got, expected);
+    assert!(!got.contains(seen_before));
 
-    let later = notification("later");
+    let later = notification_seq("later", 6);
+    stored.lock().unwrap().push(later.clone());
     publish_live(&app.nats, user, &later).await;
     let event = stream.next_event().await;
-    assert_eq!(event.id, Some(later.id.to_string()));
+    assert_eq!(event.id.as_deref(), Some("6"));
     stream.assert_quiet(Duration::from_millis(300)).await;
     assert_eq!(since.count(), 1, "one page was enough");
+}
+
+/// A client that last saw an event of a stream from before `seq` resumes by that id.
+#[tokio::test]
+async fn an_old_notification_id_still_resumes() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let all = numbered(1, 3);
+    let stored: Stored = Arc::new(Mutex::new(all.clone()));
+    let since = since_stub(&app, stored.clone(), Arc::new(Semaphore::new(10))).await;
+    let response = app
+        .get(STREAM, user)
+        .header("last-event-id", all[0].id.to_string())
+        .send()
+        .await
+        .expect("send");
+    let mut stream = SseReader::new(response).await;
+    for expected in &all[1..] {
+        let event = stream.next_event().await;
+        assert_eq!(event.notification(), *expected);
+        assert_eq!(seq_of(&event), expected.seq.unwrap(), "new ids from now on");
+    }
+    let seen = since.seen();
+    assert_eq!(seen[0].request.body["newest"], true);
+    assert_eq!(seen[1].request.body["after"], all[0].id.to_string());
+    assert_eq!(seen[1].request.body.get("after_seq"), None);
+    // Then live by seq: a repeat of 3 is skipped, 4 goes out.
+    let next = notification_seq("next", 4);
+    stored.lock().unwrap().push(next.clone());
+    publish_live(&app.nats, user, &all[2]).await;
+    publish_live(&app.nats, user, &next).await;
+    assert_eq!(stream.next_event().await.notification(), next);
+    stream.assert_quiet(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
 async fn a_long_backlog_is_paged() {
     let app = spawn_app().await;
     let user = Uuid::now_v7();
-    let first = notification("seen");
-    let mut missed: Vec<Notification> = (0..520).map(|i| notification(&format!("{i}"))).collect();
-    missed.sort_by_key(|n| n.id);
-    let mut stored = vec![first.clone()];
-    stored.extend(missed.iter().cloned());
+    let all = numbered(1, 521);
+    let stored: Stored = Arc::new(Mutex::new(all.clone()));
     let since = since_stub(&app, stored, Arc::new(Semaphore::new(10))).await;
 
     // The query parameter works like the header.
     let response = app
-        .get(&format!("{STREAM}?last_event_id={}", first.id), user)
+        .get(&format!("{STREAM}?last_event_id=1"), user)
         .send()
         .await
         .expect("send");
     let mut stream = SseReader::new(response).await;
-    for expected in &missed {
+    for expected in &all[1..] {
         let event = stream.next_event().await;
-        assert_eq!(event.id, Some(expected.id.to_string()));
+        assert_eq!(event.id, expected.seq.map(|s| s.to_string()));
     }
     stream.assert_quiet(Duration::from_millis(200)).await;
     let seen = since.seen();
     assert_eq!(seen.len(), 2);
-    assert_eq!(seen[1].request.body["after"], missed[499].id.to_string());
+    assert_eq!(seen[1].request.body["after_seq"], 501);
 }
 
 #[tokio::test]
@@ -199,7 +338,7 @@ async fn without_push_the_stream_opens_live_only_with_a_warning() {
     let user = Uuid::now_v7();
     let response = app
         .get(STREAM, user)
-        .header("last-event-id", Uuid::now_v7().to_string())
+        .header("last-event-id", "5")
         .send()
         .await
         .expect("send");
@@ -214,11 +353,11 @@ async fn without_push_the_stream_opens_live_only_with_a_warning() {
 }
 
 #[tokio::test]
-async fn a_last_event_id_must_be_a_uuid() {
+async fn a_last_event_id_must_be_a_seq_or_a_notification_id() {
     let app = spawn_app().await;
     let response = app
         .get(STREAM, Uuid::now_v7())
-        .header("last-event-id", "42")
+        .header("last-event-id", "forty-two")
         .send()
         .await
         .expect("send");

@@ -204,7 +204,7 @@ impl TestApp {
     ) -> Result<RpcReply<Vec<Notification>>> {
         self.call(
             subj::RPC_NOTIFICATIONS_SINCE,
-            &RpcRequest::new(NotificationsSince { after, limit }).with_caller(who.clone()),
+            &RpcRequest::new(NotificationsSince::after_id(after, limit)).with_caller(who.clone()),
         )
         .await
     }
@@ -233,6 +233,32 @@ impl TestApp {
             })
             .collect();
         self.publish_raw(E::SUBJECT, &headers, contracts::wire::encode(event)?)
+            .await
+    }
+
+    /// Publishes `event` as the hospital replays a dead letter of `durable` (on `stream`):
+    /// on the durable's replay subject, with a new `Nats-Msg-Id` and `Mesh-Replay-Of`.
+    pub async fn publish_replay<E: DomainEvent>(
+        &self,
+        stream: &str,
+        durable: &str,
+        event: &E,
+        park_id: &str,
+    ) -> Result<()> {
+        let mut headers: Vec<(String, String)> = contracts::events::event_headers(event)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == h::NATS_MSG_ID {
+                    (k.to_owned(), format!("replay:{park_id}:1"))
+                } else {
+                    (k.to_owned(), v)
+                }
+            })
+            .collect();
+        headers.push((h::REPLAY_OF.to_owned(), park_id.to_owned()));
+        let subject = contracts::subjects::replay_subject(stream, durable, E::SUBJECT)
+            .context("a stream with replay subjects")?;
+        self.publish_raw(&subject, &headers, contracts::wire::encode(event)?)
             .await
     }
 

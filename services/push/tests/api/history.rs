@@ -162,10 +162,7 @@ async fn every_endpoint_needs_a_caller(backend: Backend) -> Result<()> {
     let since = app
         .call::<_, Vec<Notification>>(
             subj::RPC_NOTIFICATIONS_SINCE,
-            &RpcRequest::new(contracts::api::NotificationsSince {
-                after: Uuid::nil(),
-                limit: 10,
-            }),
+            &RpcRequest::new(contracts::api::NotificationsSince::after_seq(0, 10)),
         )
         .await?;
     expect_problem(since, ErrorCode::Unauthorized)?;

@@ -10,3 +10,4 @@ mod helpers;
 mod delivery;
 mod history;
 mod notifications;
+mod sequence;

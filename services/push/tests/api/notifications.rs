@@ -266,6 +266,23 @@ async fn old_events_only_feed_the_read_models(backend: Backend) -> Result<()> {
         "but builds the read model"
     );
 
+    // The hospital's replay of an old event that failed back then notifies however
+    // late: an operator asked for it.
+    let late = id();
+    let mut replayed = ev.rsvp(late, RsvpStatus::Going);
+    replayed.meta = meta_at(ev.id(), replayed.meta.aggregate_version, two_days_ago);
+    app.publish_replay(
+        "CALENDAR",
+        CALENDAR_DURABLE,
+        &replayed,
+        "park:push-calendar:CALENDAR:7",
+    )
+    .await?;
+    let items = app.wait_history(organizer, 1).await?;
+    assert_eq!(kinds(&items), vec![NotificationKind::RsvpReceived]);
+    let items = app.wait_history(late, 1).await?;
+    assert_eq!(kinds(&items), vec![NotificationKind::RsvpConfirmation]);
+
     let mut live = app.live(attendee).await?;
     app.publish(&ev.cancelled()).await?;
     let n = live.next().await?.notification;
