@@ -8,10 +8,14 @@
 //! 2. Read models are updated, guarded by aggregate versions, so applying an event twice,
 //!    or after a newer one, changes nothing.
 //! 3. Each mail: skipped when the recipient turned its kind off; skipped when
-//!    `sent_mails` already holds its Message-ID; else rendered, handed to the SMTP
-//!    server, and recorded right after the server's 250. A crash between that 250 and
-//!    the record is the one window in which a mail can go out twice; it is a single
-//!    INSERT wide, and the duplicate carries the same Message-ID.
+//!    `sent_mails` already holds its Message-ID; else its lease is taken
+//!    (`mail_claims`: one replica sends a given mail at a time, so a redelivery to
+//!    another replica while the first is still at the SMTP server waits and finds it
+//!    sent), then rendered, handed to the SMTP server, and recorded right after the
+//!    server's 250. A crash between that 250 and the record is the one window in which
+//!    a mail can go out twice (the crashed holder's lease runs out, and the next
+//!    delivery sends again); it is a single INSERT wide, and the duplicate carries the
+//!    same Message-ID.
 //! 4. The ledger row is written last: a failure anywhere before it means redelivery,
 //!    and step 3 makes the redelivery send only the mails still missing.
 //!
@@ -62,6 +66,9 @@ pub struct MailSettings {
     pub public_base_url: String,
     /// `EMAIL_MAX_EVENT_AGE_SECS`: older events only update read models.
     pub max_event_age: Duration,
+    /// How long a replica holds the lease on a mail it is sending (see
+    /// `store::claim_mail`); a crashed holder's lease runs out after this.
+    pub send_lease: Duration,
 }
 
 /// Why one mail could not be sent.
@@ -83,13 +90,16 @@ pub enum MailError {
     },
     #[error(transparent)]
     Send(#[from] SendError),
+    /// Another replica holds the lease on this mail: it is being sent right now.
+    #[error("mail {0} is being sent by another replica")]
+    BeingSent(String),
 }
 
 impl MailError {
     /// Retrying cannot help: a 5xx reply, an address or template that cannot work.
     pub fn is_permanent(&self) -> bool {
         match self {
-            MailError::Store(_) | MailError::UnknownUser(_) => false,
+            MailError::Store(_) | MailError::UnknownUser(_) | MailError::BeingSent(_) => false,
             MailError::Template(_) | MailError::Compose(_) | MailError::Address { .. } => true,
             MailError::Send(e) => e.is_permanent(),
         }
@@ -217,6 +227,8 @@ pub struct Processor {
     mailer: Mailer,
     templates: Templates,
     settings: MailSettings,
+    /// This process, as the holder of mail leases.
+    holder: String,
 }
 
 impl Processor {
@@ -226,6 +238,7 @@ impl Processor {
             mailer,
             templates,
             settings,
+            holder: Uuid::new_v4().to_string(),
         }
     }
 
@@ -538,13 +551,43 @@ impl Processor {
         if store::is_sent(&self.db, &message_id).await? {
             return Ok(Outcome::AlreadySent);
         }
-        let outgoing = self.render(job, &recipient, message_id.clone()).await?;
+        // One sender at a time: a redelivery to another replica while this mail is at
+        // the SMTP server waits for the lease instead of sending it again.
+        let now = jiff::Timestamp::now().as_microsecond();
+        let until = now.saturating_add(
+            i64::try_from(self.settings.send_lease.as_micros()).unwrap_or(i64::MAX),
+        );
+        if !store::claim_mail(&self.db, &message_id, &self.holder, now, until).await? {
+            return Err(MailError::BeingSent(message_id));
+        }
+        // The lease may have been taken over from a crashed holder that did send.
+        if store::is_sent(&self.db, &message_id).await? {
+            store::release_mail(&self.db, &message_id, &self.holder).await?;
+            return Ok(Outcome::AlreadySent);
+        }
+        let sent = self.send_leased(job, &recipient, source, &message_id).await;
+        if let Err(e) = store::release_mail(&self.db, &message_id, &self.holder).await {
+            // It runs out on its own.
+            tracing::debug!(error = %e, "cannot release a mail lease");
+        }
+        sent
+    }
+
+    /// Renders, sends and records one mail whose lease this process holds.
+    async fn send_leased(
+        &self,
+        job: &Job<'_>,
+        recipient: &Recipient,
+        source: &str,
+        message_id: &str,
+    ) -> Result<Outcome, MailError> {
+        let outgoing = self.render(job, recipient, message_id.to_owned()).await?;
         let message = compose::build(&self.settings.from, &outgoing)?;
         let file = self.mailer.send(message).await?;
         // Accepted by the server: record it at once (see the module docs for the window).
-        self.record_sent(&message_id, source, &recipient.email, job.kind)
+        self.record_sent(message_id, source, &recipient.email, job.kind)
             .await?;
-        log_sent(job.kind, &message_id, recipient.user_id, file);
+        log_sent(job.kind, message_id, recipient.user_id, file);
         Ok(Outcome::Sent)
     }
 

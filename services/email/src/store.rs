@@ -358,6 +358,44 @@ pub async fn is_sent(db: &Database, message_id_header: &str) -> Result<bool, Sto
     Ok(found.is_some())
 }
 
+/// Takes the lease on sending `message_id_header` for `holder` until `expires_at`
+/// (µs), unless another holder's lease is still running; true when `holder` has it.
+pub async fn claim_mail(
+    db: &Database,
+    message_id_header: &str,
+    holder: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query(
+        "INSERT INTO mail_claims (message_id_header, holder, expires_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (message_id_header) DO UPDATE SET holder = excluded.holder, \
+         expires_at = excluded.expires_at \
+         WHERE mail_claims.holder = excluded.holder OR mail_claims.expires_at < $4",
+    )
+    .bind(message_id_header)
+    .bind(holder)
+    .bind(expires_at)
+    .bind(now)
+    .execute(db.writer())
+    .await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+/// Gives the lease back (after the mail is recorded sent, or when sending failed).
+pub async fn release_mail(
+    db: &Database,
+    message_id_header: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM mail_claims WHERE message_id_header = $1 AND holder = $2")
+        .bind(message_id_header)
+        .bind(holder)
+        .execute(db.writer())
+        .await?;
+    Ok(())
+}
+
 /// Records an accepted mail; a second record of the same id is ignored.
 pub async fn record_sent(
     db: &Database,

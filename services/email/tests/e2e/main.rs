@@ -25,6 +25,7 @@ both_backends!(
     a_mail_waits_for_the_smtp_server,
     old_events_only_build_read_models,
     replicas_share_the_durables,
+    one_replica_at_a_time_holds_a_mail,
 );
 
 async fn account_mails_carry_their_links(backend: Backend) -> Result<()> {
@@ -599,6 +600,37 @@ async fn replicas_share_the_durables(backend: Backend) -> Result<()> {
     if let Some(app) = env.app.take() {
         app.stop().await?;
     }
+    Ok(())
+}
+
+/// The lease that keeps two replicas from sending one mail at once: held by one holder
+/// until it runs out or is given back; the holder may renew it; a crashed holder's
+/// lease is taken over once it has run out.
+async fn one_replica_at_a_time_holds_a_mail(backend: Backend) -> Result<()> {
+    let env = TestEnv::start(backend).await?;
+    let db = env.database()?;
+    let id = "lease-test@mesh";
+    let (now, later) = (1_000_000, 2_000_000);
+    assert!(email::store::claim_mail(db, id, "a", now, later).await?);
+    assert!(
+        !email::store::claim_mail(db, id, "b", now + 1, later + 1).await?,
+        "b waits while a's lease runs"
+    );
+    assert!(
+        email::store::claim_mail(db, id, "a", now + 2, later + 2).await?,
+        "a renews its own lease"
+    );
+    email::store::release_mail(db, id, "b").await?;
+    assert!(
+        !email::store::claim_mail(db, id, "b", now + 3, later + 3).await?,
+        "only the holder gives a lease back"
+    );
+    assert!(
+        email::store::claim_mail(db, id, "b", later + 3, later + 1_000).await?,
+        "a run-out lease is taken over"
+    );
+    email::store::release_mail(db, id, "b").await?;
+    assert!(email::store::claim_mail(db, id, "c", later + 4, later + 5).await?);
     Ok(())
 }
 
