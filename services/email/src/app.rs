@@ -121,8 +121,7 @@ impl Application {
             from,
             public_base_url: config.public_base_url.trim_end_matches('/').to_owned(),
             max_event_age: config.max_event_age,
-            // Longer than one send can take, so a live sender never loses its lease.
-            send_lease: config.smtp_timeout * 3 + std::time::Duration::from_secs(5),
+            send_lease: crate::processor::SEND_LEASE,
         };
         tracing::info!(transport = %mailer.describe(), "mail transport ready");
         let processor = Arc::new(Processor::new(db.clone(), mailer, templates, settings));

@@ -71,6 +71,11 @@ pub struct MailSettings {
     pub send_lease: Duration,
 }
 
+/// How long a mail's lease lasts without renewal. The sender renews it every third of
+/// that while the SMTP exchange runs, so only a crashed sender's lease runs out, and the
+/// next delivery takes the mail over that much later.
+pub const SEND_LEASE: Duration = Duration::from_secs(15);
+
 /// Why one mail could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -553,12 +558,11 @@ impl Processor {
         }
         // One sender at a time: a redelivery to another replica while this mail is at
         // the SMTP server waits for the lease instead of sending it again.
-        let now = jiff::Timestamp::now().as_microsecond();
-        let until = now.saturating_add(
-            i64::try_from(self.settings.send_lease.as_micros()).unwrap_or(i64::MAX),
-        );
+        let (now, until) = self.lease_window();
         if !store::claim_mail(&self.db, &message_id, &self.holder, now, until).await? {
-            return Err(MailError::BeingSent(message_id));
+            // Wait for the holder (the consumer loop keeps this delivery alive) rather
+            // than fail it: the mail is then sent, or the lease ran out and is ours.
+            self.await_lease(&message_id).await?;
         }
         // The lease may have been taken over from a crashed holder that did send.
         if store::is_sent(&self.db, &message_id).await? {
@@ -573,7 +577,31 @@ impl Processor {
         sent
     }
 
-    /// Renders, sends and records one mail whose lease this process holds.
+    /// Waits until this process holds the mail's lease: the other holder finishes (and
+    /// gives it back) or its lease runs out. Gives up after twice the lease.
+    async fn await_lease(&self, message_id: &str) -> Result<(), MailError> {
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (now, until) = self.lease_window();
+            if store::claim_mail(&self.db, message_id, &self.holder, now, until).await? {
+                return Ok(());
+            }
+            if started.elapsed() > self.settings.send_lease * 2 {
+                return Err(MailError::BeingSent(message_id.to_owned()));
+            }
+        }
+    }
+
+    /// Now and the end of a lease taken now, in µs.
+    fn lease_window(&self) -> (i64, i64) {
+        let now = jiff::Timestamp::now().as_microsecond();
+        let lease = i64::try_from(self.settings.send_lease.as_micros()).unwrap_or(i64::MAX);
+        (now, now.saturating_add(lease))
+    }
+
+    /// Renders, sends and records one mail whose lease this process holds, renewing the
+    /// lease while the SMTP exchange runs.
     async fn send_leased(
         &self,
         job: &Job<'_>,
@@ -583,7 +611,21 @@ impl Processor {
     ) -> Result<Outcome, MailError> {
         let outgoing = self.render(job, recipient, message_id.to_owned()).await?;
         let message = compose::build(&self.settings.from, &outgoing)?;
-        let file = self.mailer.send(message).await?;
+        let send = self.mailer.send(message);
+        tokio::pin!(send);
+        let mut renew = tokio::time::interval(self.settings.send_lease / 3);
+        renew.tick().await; // the first tick is immediate
+        let file = loop {
+            tokio::select! {
+                sent = &mut send => break sent?,
+                _ = renew.tick() => {
+                    let (now, until) = self.lease_window();
+                    if let Err(e) = store::claim_mail(&self.db, message_id, &self.holder, now, until).await {
+                        tracing::warn!(error = %e, "cannot renew a mail lease");
+                    }
+                }
+            }
+        };
         // Accepted by the server: record it at once (see the module docs for the window).
         self.record_sent(message_id, source, &recipient.email, job.kind)
             .await?;
