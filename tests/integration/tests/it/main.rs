@@ -8,6 +8,7 @@ mod foundation;
 mod hospital;
 mod permissions;
 mod resilience;
+mod rpc_input;
 mod subscribers;
 
 use std::future::Future;
