@@ -74,6 +74,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_CREATE_EVENT,
             Route::post("/v1/events")
                 .user()
+                .errors(&[ErrorCode::ValidationFailed, ErrorCode::TimeZoneMismatch])
                 .request::<CreateEventRequest>()
                 .response::<Event>(201)
                 .summary("Create an event organized by the caller"),
@@ -82,6 +83,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST_EVENTS,
             Route::get("/v1/events")
                 .user()
+                .errors(&[ErrorCode::BadRequest])
                 .response::<EventPage>(200)
                 .query(&["from", "to", "mine", "limit", "cursor"])
                 .summary("List events by start time"),
@@ -90,6 +92,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_GET_EVENT,
             Route::get("/v1/events/{id}")
                 .user()
+                .errors(&[ErrorCode::NotFound])
                 .response::<Event>(200)
                 .summary("One event"),
         ),
@@ -97,6 +100,14 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_UPDATE_EVENT,
             Route::patch("/v1/events/{id}")
                 .user()
+                .errors(&[
+                    ErrorCode::ValidationFailed,
+                    ErrorCode::TimeZoneMismatch,
+                    ErrorCode::Forbidden,
+                    ErrorCode::NotFound,
+                    ErrorCode::EventCancelled,
+                    ErrorCode::CapacityBelowGoing,
+                ])
                 .request::<UpdateEventRequest>()
                 .response::<Event>(200)
                 .summary("Change an event (organizer only)"),
@@ -105,6 +116,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_CANCEL_EVENT,
             Route::delete("/v1/events/{id}")
                 .user()
+                .errors(&[ErrorCode::Forbidden, ErrorCode::NotFound])
                 .response::<Event>(200)
                 .summary("Cancel an event (organizer only)"),
         ),
@@ -112,6 +124,13 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_PUT_RSVP,
             Route::put("/v1/events/{id}/rsvp")
                 .user()
+                .errors(&[
+                    ErrorCode::ValidationFailed,
+                    ErrorCode::NotFound,
+                    ErrorCode::EventCancelled,
+                    ErrorCode::EventPast,
+                    ErrorCode::EventFull,
+                ])
                 .request::<RsvpRequest>()
                 .response::<RsvpResult>(200)
                 .summary("Set the caller's RSVP"),
@@ -120,6 +139,11 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST_RSVPS,
             Route::get("/v1/events/{id}/rsvps")
                 .user()
+                .errors(&[
+                    ErrorCode::BadRequest,
+                    ErrorCode::Forbidden,
+                    ErrorCode::NotFound,
+                ])
                 .response::<RsvpPage>(200)
                 .query(&["limit", "cursor"])
                 .summary("List an event's RSVPs"),

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::Method;
+use contracts::ErrorCode;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -44,6 +45,8 @@ pub struct Route {
     /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
     /// (tokens), which must not sit in the shared idempotency store.
     pub idempotent: bool,
+    /// The error codes the service declared it may answer (`None`: undeclared).
+    pub errors: Option<Vec<ErrorCode>>,
 }
 
 impl Route {
@@ -62,6 +65,7 @@ impl Route {
             query: declaration.query,
             summary: declaration.summary,
             idempotent: declaration.idempotent,
+            errors: declaration.errors,
         }
     }
 }
@@ -76,13 +80,18 @@ pub struct NativeRoute {
     /// Whether a stream ticket (`?ticket=`) is accepted instead of a bearer token.
     pub accepts_ticket: bool,
     pub success_status: u16,
-    /// Media type and schema of a success (for a stream: of each event's data).
-    pub response_content_type: &'static str,
-    pub response_schema: &'static str,
+    /// Schema name of the JSON body it takes, if any.
+    pub request_schema: Option<&'static str>,
+    /// Media type and schema name of a success's body (for a stream: of each event's
+    /// data); `None`: no body.
+    pub response: Option<(&'static str, &'static str)>,
+    /// Response headers of a success, with their meaning.
+    pub response_headers: &'static [(&'static str, &'static str)],
     pub query: &'static [&'static str],
     /// Request headers the route understands besides `Authorization`.
     pub headers: &'static [&'static str],
-    pub error_statuses: &'static [u16],
+    /// The error codes it may answer.
+    pub errors: &'static [ErrorCode],
     pub operation_id: &'static str,
     pub summary: &'static str,
     pub description: &'static str,
@@ -90,6 +99,7 @@ pub struct NativeRoute {
 
 /// The routes the gateway answers itself.
 pub fn native_routes() -> Vec<NativeRoute> {
+    use crate::console::{CONSOLE_SESSION_SCHEMA, LOGIN_PATH, LOGOUT_PATH};
     use crate::stream::{STREAM_PATH, TICKET_PATH};
     vec![
         NativeRoute {
@@ -98,11 +108,18 @@ pub fn native_routes() -> Vec<NativeRoute> {
             auth: AuthRule::User,
             accepts_ticket: false,
             success_status: 201,
-            response_content_type: "application/json",
-            response_schema: "StreamTicket",
+            request_schema: None,
+            response: Some(("application/json", "StreamTicket")),
+            response_headers: &[("Cache-Control", "`no-store`: the ticket is a secret")],
             query: &[],
             headers: &[],
-            error_statuses: &[401, 429, 500, 503, 504],
+            errors: &[
+                ErrorCode::Unauthorized,
+                ErrorCode::RateLimited,
+                ErrorCode::Internal,
+                ErrorCode::ServiceUnavailable,
+                ErrorCode::Timeout,
+            ],
             operation_id: "gateway_notifications_stream_ticket",
             summary: "A single-use ticket to open the notification stream from a browser",
             description: "Answered by the gateway. `EventSource` cannot send an \
@@ -116,11 +133,19 @@ pub fn native_routes() -> Vec<NativeRoute> {
             auth: AuthRule::User,
             accepts_ticket: true,
             success_status: 200,
-            response_content_type: "text/event-stream",
-            response_schema: "Notification",
+            request_schema: None,
+            response: Some(("text/event-stream", "Notification")),
+            response_headers: &[],
             query: &["ticket", "last_event_id"],
             headers: &["Last-Event-ID"],
-            error_statuses: &[400, 401, 429, 500, 503, 504],
+            errors: &[
+                ErrorCode::BadRequest,
+                ErrorCode::Unauthorized,
+                ErrorCode::RateLimited,
+                ErrorCode::Internal,
+                ErrorCode::ServiceUnavailable,
+                ErrorCode::Timeout,
+            ],
             operation_id: "gateway_notifications_stream",
             summary: "The caller's new notifications, live, as Server-Sent Events",
             description: "Answered by the gateway. Each notification is an event with \
@@ -132,6 +157,59 @@ pub fn native_routes() -> Vec<NativeRoute> {
                           stream then carries new ones only. Comments keep an idle stream \
                           alive. Authenticate with a bearer token or a ticket from \
                           `POST /v1/notifications/stream/ticket`.",
+        },
+        NativeRoute {
+            method: Method::POST,
+            path: LOGIN_PATH,
+            auth: AuthRule::Public,
+            accepts_ticket: false,
+            success_status: 200,
+            request_schema: Some("LoginRequest"),
+            response: Some(("application/json", CONSOLE_SESSION_SCHEMA)),
+            response_headers: &[(
+                "Set-Cookie",
+                "`mesh_session` (the access token, `HttpOnly; SameSite=Strict`) and \
+                 `mesh_csrf` (to repeat in `X-CSRF-Token`)",
+            )],
+            query: &[],
+            headers: &[],
+            errors: &[
+                ErrorCode::MalformedJson,
+                ErrorCode::BadRequest,
+                ErrorCode::InvalidCredentials,
+                ErrorCode::Forbidden,
+                ErrorCode::PayloadTooLarge,
+                ErrorCode::UnsupportedMediaType,
+                ErrorCode::ValidationFailed,
+                ErrorCode::RateLimited,
+                ErrorCode::Internal,
+                ErrorCode::ServiceUnavailable,
+                ErrorCode::Timeout,
+            ],
+            operation_id: "gateway_console_login",
+            summary: "Open a web console session (admins only)",
+            description: "Answered by the gateway. Logs in through auth like \
+                          `POST /v1/auth/login`, keeps the access token only when it belongs \
+                          to an admin (else 403 `forbidden`) and hands it to the browser as \
+                          the `HttpOnly` cookie `mesh_session`, with a readable `mesh_csrf` \
+                          cookie beside it. The session is accepted on `/v1/admin/…` only.",
+        },
+        NativeRoute {
+            method: Method::POST,
+            path: LOGOUT_PATH,
+            auth: AuthRule::Public,
+            accepts_ticket: false,
+            success_status: 204,
+            request_schema: None,
+            response: None,
+            response_headers: &[("Set-Cookie", "both console cookies, expired")],
+            query: &[],
+            headers: &[],
+            errors: &[ErrorCode::Internal, ErrorCode::Timeout],
+            operation_id: "gateway_console_logout",
+            summary: "End the web console session in this browser",
+            description: "Answered by the gateway: clears the console's cookies (the access \
+                          token itself stays valid until it expires).",
         },
     ]
 }

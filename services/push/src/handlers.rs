@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use contracts::Problem;
 use contracts::api::{Notification, NotificationPage, NotificationsSince};
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::push as subj;
+use contracts::{ErrorCode, Problem};
 use runtime::routes::Route;
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
@@ -62,6 +62,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST_NOTIFICATIONS,
             Route::get("/v1/notifications")
                 .user()
+                .errors(&[ErrorCode::BadRequest])
                 .response::<NotificationPage>(200)
                 .query(&["limit", "cursor", "unread"])
                 .summary("The caller's notifications, newest first"),
@@ -70,6 +71,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_MARK_READ,
             Route::post("/v1/notifications/{id}/read")
                 .user()
+                .errors(&[ErrorCode::NotFound])
                 .response::<Notification>(200)
                 .summary("Mark a notification read"),
         ),
