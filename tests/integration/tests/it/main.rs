@@ -2,6 +2,7 @@
 //! real nats-server started per test on a free port with its own store, and fresh
 //! databases, on SQLite and on PostgreSQL (`TEST_BACKENDS=sqlite` narrows it).
 
+mod api_fuzz;
 mod compose_cluster;
 mod evolution;
 mod foundation;
