@@ -11,7 +11,7 @@ use contracts::api::{
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::calendar as subj;
 use contracts::{ErrorCode, Problem};
-use runtime::routes::Route;
+use runtime::routes::{Route, query};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +86,10 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest])
                 .response::<EventPage>(200)
                 .query(&["from", "to", "mine", "limit", "cursor"])
+                .query_schema("from", query::date_time())
+                .query_schema("to", query::date_time())
+                .query_schema("mine", query::one_of(&["organizing", "attending"]))
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("List events by start time"),
         ),
         (
@@ -145,7 +149,9 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                     ErrorCode::NotFound,
                 ])
                 .response::<RsvpPage>(200)
-                .query(&["limit", "cursor"])
+                .query(&["status", "limit", "cursor"])
+                .query_schema("status", query::one_of(&["going", "maybe", "declined"]))
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("List an event's RSVPs"),
         ),
     ]

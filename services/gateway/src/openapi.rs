@@ -273,12 +273,18 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
         );
     }
     for name in &route.query {
+        // A declared schema that does not read as one is documented as a string.
+        let schema = route
+            .query_schemas
+            .get(name)
+            .and_then(|v| serde_json::from_value::<Schema>(v.clone()).ok())
+            .unwrap_or_else(|| string_schema(None));
         op = op.parameter(
             ParameterBuilder::new()
                 .name(name)
                 .parameter_in(ParameterIn::Query)
                 .required(Required::False)
-                .schema(Some(string_schema(None))),
+                .schema(Some(schema)),
         );
     }
     if route.method == Method::POST && route.idempotent {
@@ -800,6 +806,13 @@ mod tests {
         // Declared codes narrow what a route documents.
         let get = &json["paths"]["/v1/events/{id}"]["get"];
         assert!(get["responses"]["409"].is_null(), "{get}");
+        let list = &json["paths"]["/v1/events"]["get"]["parameters"];
+        let limit = list
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+            .expect("limit documented");
+        assert_eq!(limit["schema"]["type"], "integer", "{limit}");
+        assert_eq!(limit["schema"]["maximum"], 200, "{limit}");
         assert_eq!(codes_of(get, 404), vec!["not_found"]);
         let rsvp = &json["paths"]["/v1/events/{id}/rsvp"]["put"];
         assert_eq!(

@@ -40,6 +40,8 @@ pub struct Route {
     pub success_status: u16,
     /// Query parameters the route understands, for the documentation.
     pub query: Vec<String>,
+    /// JSON Schemas of some of them (the others are strings).
+    pub query_schemas: BTreeMap<String, serde_json::Value>,
     /// One line for the documentation.
     pub summary: String,
     /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
@@ -63,6 +65,7 @@ impl Route {
             response_schema: declaration.response,
             success_status: declaration.status,
             query: declaration.query,
+            query_schemas: declaration.query_schemas,
             summary: declaration.summary,
             idempotent: declaration.idempotent,
             errors: declaration.errors,

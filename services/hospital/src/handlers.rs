@@ -12,7 +12,7 @@ use contracts::hospital::{
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::hospital as subj;
 use contracts::{ErrorCode, Problem, Role};
-use runtime::routes::Route;
+use runtime::routes::{Route, query};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -116,6 +116,14 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<DeadLetterPage>(200)
                 .query(DLQ_FILTER_QUERY)
+                .query_schema(
+                    "status",
+                    query::one_of(&["parked", "replayed", "discarded"]),
+                )
+                .query_schema("error_kind", query::one_of(&["transient", "permanent"]))
+                .query_schema("from", query::date_time())
+                .query_schema("to", query::date_time())
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("Dead letters, newest first, filtered"),
         ),
         (
@@ -133,6 +141,13 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<FailureGroupList>(200)
                 .query(DLQ_FILTER_QUERY)
+                .query_schema(
+                    "status",
+                    query::one_of(&["parked", "replayed", "discarded", "all"]),
+                )
+                .query_schema("error_kind", query::one_of(&["transient", "permanent"]))
+                .query_schema("from", query::date_time())
+                .query_schema("to", query::date_time())
                 .summary("Failures grouped by consumer and cause"),
         ),
         (
@@ -178,6 +193,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<JobList>(200)
                 .query(&["limit", "status"])
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("Bulk jobs, newest first"),
         ),
         (
@@ -213,6 +229,10 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Forbidden])
                 .response::<WhereaboutsList>(200)
                 .query(&["message_id", "trace_id"])
+                .query_schema(
+                    "trace_id",
+                    serde_json::json!({"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}),
+                )
                 .summary("Where a message is: each consumer's outcome"),
         ),
         (
@@ -222,6 +242,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<AuditPage>(200)
                 .query(&["limit", "cursor", "action", "target"])
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("Ops actions, newest first"),
         ),
         (

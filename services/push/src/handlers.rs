@@ -8,7 +8,7 @@ use contracts::api::{Notification, NotificationPage, NotificationsSince};
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::push as subj;
 use contracts::{ErrorCode, Problem};
-use runtime::routes::Route;
+use runtime::routes::{Route, query};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -65,6 +65,8 @@ pub fn routes() -> Vec<(&'static str, Route)> {
                 .errors(&[ErrorCode::BadRequest])
                 .response::<NotificationPage>(200)
                 .query(&["limit", "cursor", "unread"])
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
+                .query_schema("unread", query::boolean())
                 .summary("The caller's notifications, newest first"),
         ),
         (

@@ -22,6 +22,7 @@
 //! | `http.query`      | JSON array of documented query parameters (default none) |
 //! | `http.summary`    | one line for the documentation                           |
 //! | `http.idempotent` | `true` / `false`: `Idempotency-Key` honoured (default on)|
+//! | `http.query.schemas` | JSON object: query parameter → JSON Schema (optional) |
 //! | `http.errors`     | JSON array of the error codes the service may answer     |
 //! |                   | (e.g. `["not_found","event_full"]`); absent: undeclared  |
 //!
@@ -52,6 +53,8 @@ pub const HTTP_QUERY: &str = "http.query";
 pub const HTTP_SUMMARY: &str = "http.summary";
 /// Endpoint metadata key of the idempotency switch.
 pub const HTTP_IDEMPOTENT: &str = "http.idempotent";
+/// Endpoint metadata key of the query parameters' schemas (JSON object).
+pub const HTTP_QUERY_SCHEMAS: &str = "http.query.schemas";
 /// Endpoint metadata key of the error codes the service may answer (JSON array).
 pub const HTTP_ERRORS: &str = "http.errors";
 /// Service metadata key of the schemas (JSON object: name → JSON Schema).
@@ -145,6 +148,9 @@ pub struct Route {
     pub status: u16,
     /// Query parameters the route understands, for the documentation.
     pub query: Vec<String>,
+    /// JSON Schemas of some of them (the others are documented as strings); see
+    /// [`query`] for the usual ones.
+    pub query_schemas: BTreeMap<String, Value>,
     /// One line for the documentation.
     pub summary: String,
     /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
@@ -169,6 +175,7 @@ impl Route {
             response: None,
             status: 200,
             query: Vec::new(),
+            query_schemas: BTreeMap::new(),
             summary: String::new(),
             idempotent: true,
             errors: None,
@@ -242,6 +249,16 @@ impl Route {
         self
     }
 
+    /// Query parameter `name` (added to [`Self::query`] if missing) takes values of
+    /// `schema`.
+    pub fn query_schema(mut self, name: &str, schema: Value) -> Self {
+        if !self.query.iter().any(|q| q == name) {
+            self.query.push(name.to_owned());
+        }
+        self.query_schemas.insert(name.to_owned(), schema);
+        self
+    }
+
     pub fn summary(mut self, summary: impl Into<String>) -> Self {
         self.summary = summary.into();
         self
@@ -286,6 +303,11 @@ impl Route {
                 HTTP_QUERY.to_owned(),
                 serde_json::to_string(&self.query).unwrap_or_default(),
             );
+        }
+        if !self.query_schemas.is_empty()
+            && let Ok(json) = serde_json::to_string(&self.query_schemas)
+        {
+            m.insert(HTTP_QUERY_SCHEMAS.to_owned(), json);
         }
         if !self.summary.is_empty() {
             m.insert(HTTP_SUMMARY.to_owned(), self.summary.clone());
@@ -356,6 +378,13 @@ impl Route {
                 });
             }
         };
+        let query_schemas = match m.value(HTTP_QUERY_SCHEMAS) {
+            None => BTreeMap::new(),
+            Some(q) => serde_json::from_str(q).map_err(|_| RouteError::BadValue {
+                key: HTTP_QUERY_SCHEMAS,
+                value: q.chars().take(80).collect(),
+            })?,
+        };
         let errors = match m.value(HTTP_ERRORS) {
             None => None,
             Some(e) => Some(serde_json::from_str(e).map_err(|_| RouteError::BadValue {
@@ -372,11 +401,43 @@ impl Route {
             response: name(HTTP_RESPONSE),
             status,
             query,
+            query_schemas,
             summary: m.value(HTTP_SUMMARY).cloned().unwrap_or_default(),
             idempotent,
             errors,
             schemas: Schemas::new(),
         }))
+    }
+}
+
+/// JSON Schemas of the usual query parameters (values travel as text; these say which
+/// text is accepted).
+pub mod query {
+    use serde_json::{Value, json};
+
+    /// An integer from `min` to `max`.
+    pub fn integer(min: i64, max: i64) -> Value {
+        json!({"type": "integer", "minimum": min, "maximum": max})
+    }
+
+    /// One of `values`.
+    pub fn one_of(values: &[&str]) -> Value {
+        json!({"type": "string", "enum": values})
+    }
+
+    /// `true` or `false`.
+    pub fn boolean() -> Value {
+        json!({"type": "boolean"})
+    }
+
+    /// An RFC 3339 timestamp with its offset.
+    pub fn date_time() -> Value {
+        json!({"type": "string", "format": "date-time"})
+    }
+
+    /// A UUID.
+    pub fn uuid() -> Value {
+        json!({"type": "string", "format": "uuid"})
     }
 }
 
@@ -443,6 +504,7 @@ mod tests {
             .request::<Outer>()
             .response::<Inner>(201)
             .query(&["limit", "cursor"])
+            .query_schema("limit", query::integer(1, 200))
             .summary("Do a thing")
             .secret_response()
             .errors(&[
@@ -459,6 +521,10 @@ mod tests {
         assert_eq!(m[HTTP], "POST /v1/things/{id}/do");
         assert_eq!(m[HTTP_AUTH], "public");
         assert_eq!(m[HTTP_QUERY], r#"["limit","cursor"]"#);
+        assert_eq!(
+            m[HTTP_QUERY_SCHEMAS],
+            r#"{"limit":{"maximum":200,"minimum":1,"type":"integer"}}"#
+        );
         assert_eq!(m[HTTP_IDEMPOTENT], "false");
         assert_eq!(m[HTTP_ERRORS], r#"["not_found","event_full"]"#);
         let back = Route::from_metadata(&m).expect("parses").expect("a route");
