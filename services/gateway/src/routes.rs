@@ -219,7 +219,7 @@ pub fn native_routes() -> Vec<NativeRoute> {
 
 /// Paths the gateway answers itself besides [`native_routes`]: health, metrics, the
 /// OpenAPI document.
-const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// True when `template` is a path the gateway serves itself (any method): the native
 /// routes, health, metrics, the OpenAPI document and everything under the console.
