@@ -250,6 +250,7 @@ fn document_problems(doc: &Value, routes: &[Route]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_every_live_route_and_survives_a_fuzz_run() -> Result<()> {
+    let _turn = crate::MACHINE_TURN.lock().await;
     // One backend is enough for the description; the fuzz run goes to PostgreSQL when
     // it is on (it refuses more than SQLite: NUL bytes in text, integer ranges).
     let backend = if backends().contains(&Backend::Postgres) {

@@ -17,6 +17,12 @@ use std::future::Future;
 use anyhow::{Context, Result};
 use integration::{Backend, backends};
 
+/// Taken by the tests that load the machine for minutes (the API fuzz run) and those
+/// whose bounds assume a machine not loaded by another such test (the resilience runs
+/// under load): side by side on two cores, the fuzz run pushed the rolling restart's
+/// SMTP sink past its duplicate bound.
+pub static MACHINE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `body` once per database backend, naming the backend in a failure.
 pub async fn on_each_backend<F, Fut>(body: F) -> Result<()>
 where
