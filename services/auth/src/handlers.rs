@@ -112,6 +112,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_REGISTER,
             Route::post("/v1/auth/register")
                 .public()
+                .errors(&[ErrorCode::ValidationFailed, ErrorCode::EmailTaken])
                 .request::<RegisterRequest>()
                 .response::<User>(201)
                 .summary("Create an account"),
@@ -120,6 +121,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_LOGIN,
             Route::post("/v1/auth/login")
                 .public()
+                .errors(&[ErrorCode::InvalidCredentials])
                 .request::<LoginRequest>()
                 .response::<TokenResponse>(200)
                 .secret_response()
@@ -129,6 +131,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_REFRESH,
             Route::post("/v1/auth/refresh")
                 .public()
+                .errors(&[ErrorCode::InvalidRefreshToken])
                 .request::<RefreshRequest>()
                 .response::<TokenResponse>(200)
                 .secret_response()
@@ -138,6 +141,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_LOGOUT,
             Route::post("/v1/auth/logout")
                 .public()
+                .errors(&[])
                 .request::<LogoutRequest>()
                 .empty_response(204)
                 .summary("Revoke a refresh token"),
@@ -146,6 +150,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_ME,
             Route::get("/v1/me")
                 .user()
+                .errors(&[ErrorCode::Unauthorized])
                 .response::<User>(200)
                 .summary("The caller's account"),
         ),
@@ -153,6 +158,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_GET_PREFERENCES,
             Route::get("/v1/me/preferences")
                 .user()
+                .errors(&[ErrorCode::Unauthorized])
                 .response::<Preferences>(200)
                 .summary("The caller's notification preferences"),
         ),
@@ -160,6 +166,11 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_PUT_PREFERENCES,
             Route::put("/v1/me/preferences")
                 .user()
+                .errors(&[
+                    ErrorCode::Unauthorized,
+                    ErrorCode::BadRequest,
+                    ErrorCode::ValidationFailed,
+                ])
                 .request::<Preferences>()
                 .response::<Preferences>(200)
                 .summary("Replace the caller's notification preferences (absent kinds are on)"),
@@ -168,6 +179,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_VERIFY_EMAIL,
             Route::get("/v1/auth/verify-email")
                 .public()
+                .errors(&[ErrorCode::ValidationFailed])
                 .response::<Accepted>(200)
                 .query(&["token"])
                 .summary("Verify an email address with the token from the welcome mail"),
@@ -176,6 +188,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_REQUEST_PASSWORD_RESET,
             Route::post("/v1/auth/password-reset")
                 .public()
+                .errors(&[ErrorCode::ValidationFailed])
                 .request::<PasswordResetRequest>()
                 .response::<Accepted>(202)
                 .summary("Mail a password reset token (always 202)"),
@@ -184,6 +197,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_CONFIRM_PASSWORD_RESET,
             Route::post("/v1/auth/password-reset/confirm")
                 .public()
+                .errors(&[ErrorCode::ValidationFailed])
                 .request::<PasswordResetConfirm>()
                 .empty_response(204)
                 .summary("Set a new password with a reset token"),
@@ -192,6 +206,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_UNSUBSCRIBE,
             Route::post("/v1/unsubscribe")
                 .public()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::NotFound])
                 .response::<Accepted>(200)
                 .query(&["token", "kind", "channel"])
                 .summary("One-click unsubscribe (RFC 8058) from one kind of notification"),

@@ -702,6 +702,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The documented bounds (the contract's schema) are the ones enforced here.
+    #[test]
+    fn the_documented_bounds_are_the_enforced_ones() {
+        use utoipa::PartialSchema;
+        for schema in [
+            CreateEventRequest::schema(),
+            contracts::api::UpdateEventRequest::schema(),
+        ] {
+            let json = serde_json::to_value(&schema).unwrap();
+            let props = &json["properties"];
+            assert_eq!(props["title"]["maxLength"], TITLE_MAX, "{json}");
+            assert_eq!(props["title"]["minLength"], 1);
+            assert_eq!(props["description"]["maxLength"], DESCRIPTION_MAX);
+            assert_eq!(props["location"]["maxLength"], LOCATION_MAX);
+            assert_eq!(props["capacity"]["minimum"], 1);
+            assert_eq!(props["capacity"]["maximum"], CAPACITY_MAX);
+        }
+    }
+
     fn create(starts: &str, ends: &str, tz: &str) -> CreateEventRequest {
         CreateEventRequest {
             title: "Rust meetup".into(),

@@ -11,7 +11,7 @@ use contracts::api::{
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::calendar as subj;
 use contracts::{ErrorCode, Problem};
-use runtime::routes::{CachePolicy, Route};
+use runtime::routes::{CachePolicy, Route, query};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -74,6 +74,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_CREATE_EVENT,
             Route::post("/v1/events")
                 .user()
+                .errors(&[ErrorCode::ValidationFailed, ErrorCode::TimeZoneMismatch])
                 .request::<CreateEventRequest>()
                 .response::<Event>(201)
                 .summary("Create an event organized by the caller"),
@@ -82,8 +83,13 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST_EVENTS,
             Route::get("/v1/events")
                 .user()
+                .errors(&[ErrorCode::BadRequest])
                 .response::<EventPage>(200)
                 .query(&["from", "to", "mine", "limit", "cursor"])
+                .query_schema("from", query::date_time())
+                .query_schema("to", query::date_time())
+                .query_schema("mine", query::one_of(&["organizing", "attending"]))
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("List events by start time")
                 .cached(any_event_invalidates(10)),
         ),
@@ -91,6 +97,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_GET_EVENT,
             Route::get("/v1/events/{id}")
                 .user()
+                .errors(&[ErrorCode::NotFound])
                 .response::<Event>(200)
                 .summary("One event")
                 .cached(its_events_invalidate(60)),
@@ -99,6 +106,14 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_UPDATE_EVENT,
             Route::patch("/v1/events/{id}")
                 .user()
+                .errors(&[
+                    ErrorCode::ValidationFailed,
+                    ErrorCode::TimeZoneMismatch,
+                    ErrorCode::Forbidden,
+                    ErrorCode::NotFound,
+                    ErrorCode::EventCancelled,
+                    ErrorCode::CapacityBelowGoing,
+                ])
                 .request::<UpdateEventRequest>()
                 .response::<Event>(200)
                 .summary("Change an event (organizer only)"),
@@ -107,6 +122,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_CANCEL_EVENT,
             Route::delete("/v1/events/{id}")
                 .user()
+                .errors(&[ErrorCode::Forbidden, ErrorCode::NotFound])
                 .response::<Event>(200)
                 .summary("Cancel an event (organizer only)"),
         ),
@@ -114,6 +130,13 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_PUT_RSVP,
             Route::put("/v1/events/{id}/rsvp")
                 .user()
+                .errors(&[
+                    ErrorCode::ValidationFailed,
+                    ErrorCode::NotFound,
+                    ErrorCode::EventCancelled,
+                    ErrorCode::EventPast,
+                    ErrorCode::EventFull,
+                ])
                 .request::<RsvpRequest>()
                 .response::<RsvpResult>(200)
                 .summary("Set the caller's RSVP"),
@@ -122,8 +145,15 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST_RSVPS,
             Route::get("/v1/events/{id}/rsvps")
                 .user()
+                .errors(&[
+                    ErrorCode::BadRequest,
+                    ErrorCode::Forbidden,
+                    ErrorCode::NotFound,
+                ])
                 .response::<RsvpPage>(200)
-                .query(&["limit", "cursor"])
+                .query(&["status", "limit", "cursor"])
+                .query_schema("status", query::one_of(&["going", "maybe", "declined"]))
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("List an event's RSVPs")
                 .cached(its_events_invalidate(60)),
         ),

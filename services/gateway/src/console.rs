@@ -47,6 +47,17 @@ pub const CSRF_COOKIE: &str = "mesh_csrf";
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
 /// Only admin routes take the session cookie.
 pub const ADMIN_PREFIX: &str = "/v1/admin/";
+/// Schema name of [`ConsoleSession`] in the OpenAPI document.
+pub const CONSOLE_SESSION_SCHEMA: &str = "ConsoleSession";
+
+/// The answer to a console login (the token itself travels only in the cookie).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ConsoleSession {
+    pub user_id: uuid::Uuid,
+    pub role: Role,
+    /// Seconds until the session (the access token in the cookie) expires.
+    pub expires_in: u64,
+}
 
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; \
@@ -188,11 +199,11 @@ impl Console {
         }
         let csrf = random_token()?;
         let max_age = tokens.expires_in;
-        let body = serde_json::to_vec(&serde_json::json!({
-            "user_id": claims.sub,
-            "role": claims.role,
-            "expires_in": max_age,
-        }))
+        let body = serde_json::to_vec(&ConsoleSession {
+            user_id: claims.sub,
+            role: claims.role,
+            expires_in: max_age,
+        })
         .map_err(|e| ApiError::internal("cannot encode the login answer", e))?;
         let mut response = (
             [(

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::Method;
+use contracts::ErrorCode;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -39,6 +40,8 @@ pub struct Route {
     pub success_status: u16,
     /// Query parameters the route understands, for the documentation.
     pub query: Vec<String>,
+    /// JSON Schemas of some of them (the others are strings).
+    pub query_schemas: BTreeMap<String, serde_json::Value>,
     /// One line for the documentation.
     pub summary: String,
     /// Whether an `Idempotency-Key` is honoured. Off for routes whose answer is a secret
@@ -46,6 +49,8 @@ pub struct Route {
     pub idempotent: bool,
     /// Whether the gateway may cache the answers (see [`crate::cache`]).
     pub cache: Option<runtime::routes::CachePolicy>,
+    /// The error codes the service declared it may answer (`None`: undeclared).
+    pub errors: Option<Vec<ErrorCode>>,
 }
 
 impl Route {
@@ -62,9 +67,11 @@ impl Route {
             response_schema: declaration.response,
             success_status: declaration.status,
             query: declaration.query,
+            query_schemas: declaration.query_schemas,
             summary: declaration.summary,
             idempotent: declaration.idempotent,
             cache: declaration.cache,
+            errors: declaration.errors,
         }
     }
 }
@@ -79,13 +86,18 @@ pub struct NativeRoute {
     /// Whether a stream ticket (`?ticket=`) is accepted instead of a bearer token.
     pub accepts_ticket: bool,
     pub success_status: u16,
-    /// Media type and schema of a success (for a stream: of each event's data).
-    pub response_content_type: &'static str,
-    pub response_schema: &'static str,
+    /// Schema name of the JSON body it takes, if any.
+    pub request_schema: Option<&'static str>,
+    /// Media type and schema name of a success's body (for a stream: of each event's
+    /// data); `None`: no body.
+    pub response: Option<(&'static str, &'static str)>,
+    /// Response headers of a success, with their meaning.
+    pub response_headers: &'static [(&'static str, &'static str)],
     pub query: &'static [&'static str],
     /// Request headers the route understands besides `Authorization`.
     pub headers: &'static [&'static str],
-    pub error_statuses: &'static [u16],
+    /// The error codes it may answer.
+    pub errors: &'static [ErrorCode],
     pub operation_id: &'static str,
     pub summary: &'static str,
     pub description: &'static str,
@@ -93,6 +105,7 @@ pub struct NativeRoute {
 
 /// The routes the gateway answers itself.
 pub fn native_routes() -> Vec<NativeRoute> {
+    use crate::console::{CONSOLE_SESSION_SCHEMA, LOGIN_PATH, LOGOUT_PATH};
     use crate::stream::{STREAM_PATH, TICKET_PATH};
     vec![
         NativeRoute {
@@ -101,11 +114,18 @@ pub fn native_routes() -> Vec<NativeRoute> {
             auth: AuthRule::User,
             accepts_ticket: false,
             success_status: 201,
-            response_content_type: "application/json",
-            response_schema: "StreamTicket",
+            request_schema: None,
+            response: Some(("application/json", "StreamTicket")),
+            response_headers: &[("Cache-Control", "`no-store`: the ticket is a secret")],
             query: &[],
             headers: &[],
-            error_statuses: &[401, 429, 500, 503, 504],
+            errors: &[
+                ErrorCode::Unauthorized,
+                ErrorCode::RateLimited,
+                ErrorCode::Internal,
+                ErrorCode::ServiceUnavailable,
+                ErrorCode::Timeout,
+            ],
             operation_id: "gateway_notifications_stream_ticket",
             summary: "A single-use ticket to open the notification stream from a browser",
             description: "Answered by the gateway. `EventSource` cannot send an \
@@ -119,11 +139,19 @@ pub fn native_routes() -> Vec<NativeRoute> {
             auth: AuthRule::User,
             accepts_ticket: true,
             success_status: 200,
-            response_content_type: "text/event-stream",
-            response_schema: "Notification",
+            request_schema: None,
+            response: Some(("text/event-stream", "Notification")),
+            response_headers: &[],
             query: &["ticket", "last_event_id"],
             headers: &["Last-Event-ID"],
-            error_statuses: &[400, 401, 429, 500, 503, 504],
+            errors: &[
+                ErrorCode::BadRequest,
+                ErrorCode::Unauthorized,
+                ErrorCode::RateLimited,
+                ErrorCode::Internal,
+                ErrorCode::ServiceUnavailable,
+                ErrorCode::Timeout,
+            ],
             operation_id: "gateway_notifications_stream",
             summary: "The caller's new notifications, live, as Server-Sent Events",
             description: "Answered by the gateway. Each notification is an event with \
@@ -139,12 +167,65 @@ pub fn native_routes() -> Vec<NativeRoute> {
                           alive. Authenticate with a bearer token or a ticket from \
                           `POST /v1/notifications/stream/ticket`.",
         },
+        NativeRoute {
+            method: Method::POST,
+            path: LOGIN_PATH,
+            auth: AuthRule::Public,
+            accepts_ticket: false,
+            success_status: 200,
+            request_schema: Some("LoginRequest"),
+            response: Some(("application/json", CONSOLE_SESSION_SCHEMA)),
+            response_headers: &[(
+                "Set-Cookie",
+                "`mesh_session` (the access token, `HttpOnly; SameSite=Strict`) and \
+                 `mesh_csrf` (to repeat in `X-CSRF-Token`)",
+            )],
+            query: &[],
+            headers: &[],
+            errors: &[
+                ErrorCode::MalformedJson,
+                ErrorCode::BadRequest,
+                ErrorCode::InvalidCredentials,
+                ErrorCode::Forbidden,
+                ErrorCode::PayloadTooLarge,
+                ErrorCode::UnsupportedMediaType,
+                ErrorCode::ValidationFailed,
+                ErrorCode::RateLimited,
+                ErrorCode::Internal,
+                ErrorCode::ServiceUnavailable,
+                ErrorCode::Timeout,
+            ],
+            operation_id: "gateway_console_login",
+            summary: "Open a web console session (admins only)",
+            description: "Answered by the gateway. Logs in through auth like \
+                          `POST /v1/auth/login`, keeps the access token only when it belongs \
+                          to an admin (else 403 `forbidden`) and hands it to the browser as \
+                          the `HttpOnly` cookie `mesh_session`, with a readable `mesh_csrf` \
+                          cookie beside it. The session is accepted on `/v1/admin/…` only.",
+        },
+        NativeRoute {
+            method: Method::POST,
+            path: LOGOUT_PATH,
+            auth: AuthRule::Public,
+            accepts_ticket: false,
+            success_status: 204,
+            request_schema: None,
+            response: None,
+            response_headers: &[("Set-Cookie", "both console cookies, expired")],
+            query: &[],
+            headers: &[],
+            errors: &[ErrorCode::Internal, ErrorCode::Timeout],
+            operation_id: "gateway_console_logout",
+            summary: "End the web console session in this browser",
+            description: "Answered by the gateway: clears the console's cookies (the access \
+                          token itself stays valid until it expires).",
+        },
     ]
 }
 
 /// Paths the gateway answers itself besides [`native_routes`]: health, metrics, the
 /// OpenAPI document.
-const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// True when `template` is a path the gateway serves itself (any method): the native
 /// routes, health, metrics, the OpenAPI document and everything under the console.

@@ -12,7 +12,7 @@ use contracts::hospital::{
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::hospital as subj;
 use contracts::{ErrorCode, Problem, Role};
-use runtime::routes::Route;
+use runtime::routes::{Route, query};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -113,14 +113,24 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST,
             Route::get("/v1/admin/dlq/messages")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<DeadLetterPage>(200)
                 .query(DLQ_FILTER_QUERY)
+                .query_schema(
+                    "status",
+                    query::one_of(&["parked", "replayed", "discarded"]),
+                )
+                .query_schema("error_kind", query::one_of(&["transient", "permanent"]))
+                .query_schema("from", query::date_time())
+                .query_schema("to", query::date_time())
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("Dead letters, newest first, filtered"),
         ),
         (
             subj::RPC_GET,
             Route::get("/v1/admin/dlq/messages/{id}")
                 .admin()
+                .errors(&[ErrorCode::NotFound, ErrorCode::Forbidden])
                 .response::<DeadLetterDetail>(200)
                 .summary("One dead letter with its headers, decoded body, history and audit"),
         ),
@@ -128,14 +138,23 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_GROUPS,
             Route::get("/v1/admin/dlq/groups")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<FailureGroupList>(200)
                 .query(DLQ_FILTER_QUERY)
+                .query_schema(
+                    "status",
+                    query::one_of(&["parked", "replayed", "discarded", "all"]),
+                )
+                .query_schema("error_kind", query::one_of(&["transient", "permanent"]))
+                .query_schema("from", query::date_time())
+                .query_schema("to", query::date_time())
                 .summary("Failures grouped by consumer and cause"),
         ),
         (
             subj::RPC_REPLAY,
             Route::post("/v1/admin/dlq/replay")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::ValidationFailed, ErrorCode::Forbidden])
                 .request::<ReplayRequest>()
                 .response::<BulkResult>(200)
                 .summary("Re-send parked messages to the consumer that failed them"),
@@ -144,6 +163,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_DISCARD,
             Route::post("/v1/admin/dlq/discard")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::ValidationFailed, ErrorCode::Forbidden])
                 .request::<BulkRequest>()
                 .response::<BulkResult>(200)
                 .summary("Drop parked messages on purpose, with a reason"),
@@ -152,6 +172,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_PURGE,
             Route::post("/v1/admin/dlq/purge")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::ValidationFailed, ErrorCode::Forbidden])
                 .request::<BulkRequest>()
                 .response::<BulkResult>(200)
                 .summary("Discard parked messages and delete their stored copies"),
@@ -160,6 +181,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_EDIT_REPLAY,
             Route::post("/v1/admin/dlq/messages/{id}/edit-replay")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::ValidationFailed, ErrorCode::Forbidden])
                 .request::<EditReplayRequest>()
                 .response::<EditReplayResult>(200)
                 .summary("Replace a dead letter's body and replay the edited copy"),
@@ -168,14 +190,17 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_JOBS,
             Route::get("/v1/admin/dlq/jobs")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<JobList>(200)
                 .query(&["limit", "status"])
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("Bulk jobs, newest first"),
         ),
         (
             subj::RPC_JOB,
             Route::get("/v1/admin/dlq/jobs/{id}")
                 .admin()
+                .errors(&[ErrorCode::NotFound, ErrorCode::Forbidden])
                 .response::<Job>(200)
                 .summary("One bulk job and its progress"),
         ),
@@ -183,6 +208,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_STATS,
             Route::get("/v1/admin/dlq/stats")
                 .admin()
+                .errors(&[ErrorCode::Forbidden])
                 .response::<HospitalStats>(200)
                 .summary("Consumers' lag, parked counts and pause state; the DLQ stream's size"),
         ),
@@ -190,6 +216,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_SERVICES,
             Route::get("/v1/admin/services")
                 .admin()
+                .errors(&[ErrorCode::Forbidden])
                 .response::<ServiceList>(200)
                 .summary(
                     "Running service instances with their versions and event contracts; consumer lag",
@@ -199,22 +226,30 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_WHERE,
             Route::get("/v1/admin/dlq/where")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Forbidden])
                 .response::<WhereaboutsList>(200)
                 .query(&["message_id", "trace_id"])
+                .query_schema(
+                    "trace_id",
+                    serde_json::json!({"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}),
+                )
                 .summary("Where a message is: each consumer's outcome"),
         ),
         (
             subj::RPC_AUDIT,
             Route::get("/v1/admin/audit")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::Forbidden])
                 .response::<AuditPage>(200)
                 .query(&["limit", "cursor", "action", "target"])
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
                 .summary("Ops actions, newest first"),
         ),
         (
             subj::RPC_PAUSE,
             Route::post("/v1/admin/consumers/{durable}/pause")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::ValidationFailed, ErrorCode::Forbidden])
                 .request::<PauseRequest>()
                 .response::<ConsumerState>(200)
                 .summary("Pause a durable consumer (deliveries stop until resumed or expired)"),
@@ -223,6 +258,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_RESUME,
             Route::post("/v1/admin/consumers/{durable}/resume")
                 .admin()
+                .errors(&[ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::ValidationFailed, ErrorCode::Forbidden])
                 .request::<ResumeRequest>()
                 .response::<ConsumerState>(200)
                 .summary("Resume a paused durable consumer"),

@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use contracts::Problem;
 use contracts::api::{Notification, NotificationPage, NotificationsSince};
 use contracts::rpc::{NoBody, RpcReply, RpcRequest};
 use contracts::subjects::push as subj;
-use runtime::routes::Route;
+use contracts::{ErrorCode, Problem};
+use runtime::routes::{Route, query};
 use runtime::rpc::{Endpoint, endpoint, with_routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -62,14 +62,18 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subj::RPC_LIST_NOTIFICATIONS,
             Route::get("/v1/notifications")
                 .user()
+                .errors(&[ErrorCode::BadRequest])
                 .response::<NotificationPage>(200)
                 .query(&["limit", "cursor", "unread"])
+                .query_schema("limit", query::integer(1, domain::MAX_LIMIT.into()))
+                .query_schema("unread", query::boolean())
                 .summary("The caller's notifications, newest first"),
         ),
         (
             subj::RPC_MARK_READ,
             Route::post("/v1/notifications/{id}/read")
                 .user()
+                .errors(&[ErrorCode::NotFound])
                 .response::<Notification>(200)
                 .summary("Mark a notification read"),
         ),

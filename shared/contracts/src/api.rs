@@ -17,10 +17,13 @@ use crate::rpc::Role;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", max_length = 254)]
     pub email: String,
-    /// At least 8 characters.
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    /// Trimmed, 1 to 100 characters.
+    #[schema(example = "Ada", min_length = 1, max_length = 100)]
     pub display_name: String,
 }
 
@@ -116,8 +119,10 @@ pub struct Jwks {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
+    #[schema(example = "Rust meetup", min_length = 1, max_length = 200)]
     pub title: String,
     #[serde(default)]
+    #[schema(max_length = 5000)]
     pub description: String,
     /// RFC 3339 with offset; the offset must match `time_zone` at that instant.
     #[schema(example = "2030-06-01T18:00:00+02:00")]
@@ -128,8 +133,10 @@ pub struct CreateEventRequest {
     #[schema(example = "Europe/Berlin")]
     pub time_zone: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub location: String,
-    /// Seats for `going` RSVPs, at least 1.
+    /// Seats for `going` RSVPs.
+    #[schema(minimum = 1, maximum = 100_000, example = 40)]
     pub capacity: u32,
 }
 
@@ -138,12 +145,16 @@ pub struct CreateEventRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEventRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub title: Option<String>,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     pub starts_at: Option<String>,
     pub ends_at: Option<String>,
     pub time_zone: Option<String>,
+    #[schema(max_length = 500)]
     pub location: Option<String>,
+    #[schema(minimum = 1, maximum = 100_000)]
     pub capacity: Option<u32>,
 }
 
@@ -337,6 +348,8 @@ pub struct PasswordResetRequest {
 #[serde(deny_unknown_fields)]
 pub struct PasswordResetConfirm {
     pub token: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: String,
 }
 crate::redacted_debug!(PasswordResetConfirm { ; token, new_password });

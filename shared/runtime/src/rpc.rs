@@ -18,6 +18,10 @@
 //! Every endpoint counts its requests (`mesh_rpc_requests_total{endpoint}`), its error
 //! replies by code (`mesh_rpc_errors_total{endpoint, code}`) and its handling time
 //! (`mesh_rpc_request_duration_seconds{endpoint}`), labelled with its subject.
+//!
+//! Handlers never see text with the NUL character (U+0000), which no field has a use
+//! for and PostgreSQL cannot store: it is refused here, `bad_request` in a path or query
+//! parameter, `validation_failed` in the body.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -85,14 +89,21 @@ where
         let handler = handler.clone();
         Box::pin(async move {
             match contracts::wire::decode::<RpcRequest<B>>(&payload) {
-                Ok(request) => {
-                    let reply = handler(request).await;
-                    let code = match &reply {
-                        RpcReply::Ok { .. } => None,
-                        RpcReply::Err(p) => Some(p.code),
-                    };
-                    (encode_reply(&reply), code)
-                }
+                Ok(request) => match nul_in(&payload) {
+                    None => {
+                        let reply = handler(request).await;
+                        let code = match &reply {
+                            RpcReply::Ok { .. } => None,
+                            RpcReply::Err(p) => Some(p.code),
+                        };
+                        (encode_reply(&reply), code)
+                    }
+                    Some(part) => {
+                        let problem = nul_problem(&part);
+                        let code = problem.code;
+                        (encode_reply(&RpcReply::<()>::Err(problem)), Some(code))
+                    }
+                },
                 Err(e) => {
                     let detail = match e {
                         contracts::wire::WireError::Decode(e) => e.to_string(),
@@ -111,6 +122,122 @@ where
         subject,
         route: None,
         handler,
+    }
+}
+
+/// The part of a request (`params`, `query`, `body`, …) holding text with a NUL
+/// character, if any. Runs after the typed decode succeeded, so the payload is a
+/// well-formed request; walks it without allocating.
+fn nul_in(payload: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Any value, read to the end: whether a string (or map key) in it holds U+0000.
+    struct HasNul(bool);
+    impl<'de> serde::Deserialize<'de> for HasNul {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(HasNulVisitor)
+        }
+    }
+    struct HasNulVisitor;
+    impl<'de> Visitor<'de> for HasNulVisitor {
+        type Value = HasNul;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<HasNul, E> {
+            Ok(HasNul(v.contains('\0')))
+        }
+        fn visit_bytes<E>(self, _: &[u8]) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_none<E>(self) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_unit<E>(self) -> Result<HasNul, E> {
+            Ok(HasNul(false))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<HasNul, D::Error> {
+            d.deserialize_any(HasNulVisitor)
+        }
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<HasNul, D::Error> {
+            d.deserialize_any(HasNulVisitor)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HasNul, A::Error> {
+            let mut found = false;
+            while let Some(HasNul(nul)) = seq.next_element()? {
+                found |= nul;
+            }
+            Ok(HasNul(found))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HasNul, A::Error> {
+            let mut found = false;
+            while let Some((HasNul(k), HasNul(v))) = map.next_entry()? {
+                found |= k || v;
+            }
+            Ok(HasNul(found))
+        }
+    }
+
+    /// The request's top level: the first part that holds a NUL.
+    struct Parts(Option<String>);
+    impl<'de> serde::Deserialize<'de> for Parts {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(PartsVisitor)
+        }
+    }
+    struct PartsVisitor;
+    impl<'de> Visitor<'de> for PartsVisitor {
+        type Value = Parts;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a request")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
+            let mut first = None;
+            while let Some((key, HasNul(nul))) = map.next_entry::<String, HasNul>()? {
+                if nul && first.is_none() {
+                    first = Some(key);
+                }
+            }
+            Ok(Parts(first))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parts, A::Error> {
+            // The positional form: caller, params, query, body.
+            let mut first = None;
+            let mut names = ["caller", "params", "query", "body"].into_iter();
+            while let Some(HasNul(nul)) = seq.next_element()? {
+                let name = names.next().unwrap_or("body");
+                if nul && first.is_none() {
+                    first = Some(name.to_owned());
+                }
+            }
+            Ok(Parts(first))
+        }
+    }
+
+    // It decoded as a request a moment ago; should it not read as parts, say nothing.
+    contracts::wire::decode::<Parts>(payload)
+        .ok()
+        .and_then(|Parts(part)| part)
+}
+
+/// The answer to text with a NUL character in `part` of a request.
+fn nul_problem(part: &str) -> Problem {
+    let detail = format!("text must not contain the NUL character (U+0000) (in {part})");
+    match part {
+        "params" | "query" => Problem::new(ErrorCode::BadRequest).with_detail(detail),
+        _ => Problem::new(ErrorCode::ValidationFailed).with_detail(detail),
     }
 }
 
@@ -379,6 +506,50 @@ pub fn internal(err: &(dyn std::error::Error + 'static)) -> Problem {
 mod tests {
     use super::*;
     use contracts::events::{RsvpChangedV1, RsvpChangedV2, UserRegisteredV1};
+
+    #[test]
+    fn nul_characters_are_found_where_they_are() {
+        let request = |query: &str, body: serde_json::Value| {
+            let r = RpcRequest::new(body).with_query("q", query);
+            contracts::wire::encode(&r).expect("encodes")
+        };
+        let clean = request("fine", serde_json::json!({"a": ["b", 1, {"c": "d"}]}));
+        assert_eq!(nul_in(&clean), None);
+        let in_query = request("x\0y", serde_json::json!({}));
+        assert_eq!(nul_in(&in_query).as_deref(), Some("query"));
+        let deep = request("fine", serde_json::json!({"a": [{"b": ["\u{0}"]}]}));
+        assert_eq!(nul_in(&deep).as_deref(), Some("body"));
+        let key = request("fine", serde_json::json!({"a\0": 1}));
+        assert_eq!(nul_in(&key).as_deref(), Some("body"));
+        assert_eq!(nul_problem("query").code, ErrorCode::BadRequest);
+        assert_eq!(nul_problem("body").code, ErrorCode::ValidationFailed);
+    }
+
+    #[tokio::test]
+    async fn handlers_never_see_nul_characters() {
+        let ep = endpoint(
+            "echo",
+            "svc.test.echo",
+            |r: RpcRequest<serde_json::Value>| async move { RpcReply::ok(r.body) },
+        );
+        let ask = |body: serde_json::Value| {
+            let ep = ep.clone();
+            async move {
+                let payload = contracts::wire::encode(&RpcRequest::new(body)).expect("encodes");
+                let (reply, _code) = (ep.handler)(payload.into()).await;
+                contracts::wire::decode::<RpcReply<serde_json::Value>>(&reply).expect("decodes")
+            }
+        };
+        let ok = ask(serde_json::json!({"name": "Ada"})).await;
+        assert_eq!(ok, RpcReply::ok(serde_json::json!({"name": "Ada"})));
+        match ask(serde_json::json!({"name": "A\0da"})).await {
+            RpcReply::Err(p) => {
+                assert_eq!(p.code, ErrorCode::ValidationFailed);
+                assert!(p.detail.unwrap_or_default().contains("U+0000"));
+            }
+            other => panic!("expected a problem, got {other:?}"),
+        }
+    }
 
     #[test]
     fn contracts_round_trip_through_metadata() {

@@ -307,7 +307,7 @@ async fn the_real_services_declarations_make_exactly_the_public_api() {
     let native: BTreeSet<&str> = gateway::routes::native_routes()
         .iter()
         .map(|r| r.path)
-        .chain(["/healthz", "/readyz"])
+        .chain(gateway::routes::OWN_PATHS.iter().copied())
         .collect();
     let discovered = |doc: &Value| -> BTreeSet<(String, String, String)> {
         let mut found = BTreeSet::new();

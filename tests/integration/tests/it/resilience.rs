@@ -802,6 +802,7 @@ fn mail_files(smtp: &SmtpServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_every_process_under_load_loses_nothing() -> Result<()> {
+    let _turn = crate::MACHINE_TURN.lock().await;
     let cluster = NatsCluster::start(3).await?;
     let smtp = SmtpServer::start().await?;
     let mut fleet = fleet(&cluster, &smtp)
@@ -882,6 +883,7 @@ async fn rolling_restart_of_every_process_under_load_loses_nothing() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_nats_node_under_load_loses_nothing() -> Result<()> {
+    let _turn = crate::MACHINE_TURN.lock().await;
     const KILLED: usize = 1;
     const OUTAGE: Duration = Duration::from_secs(10);
     let mut cluster = NatsCluster::start(3).await?;
