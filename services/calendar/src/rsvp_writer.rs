@@ -124,9 +124,14 @@ impl Writer {
                 operation = contracts::subjects::calendar::RPC_PUT_RSVP,
                 size = batch.len(),
             );
+            let n = batch.len();
+            let t = std::time::Instant::now();
             self.apply(std::mem::take(&mut batch))
                 .instrument(span)
                 .await;
+            if std::env::var_os("DEBUG_BATCH").is_some() {
+                eprintln!("BATCH {n} {:?}", t.elapsed());
+            }
         }
     }
 

@@ -45,6 +45,17 @@ pub enum JwksError {
 /// The verification keys by key id.
 type Keys = HashMap<String, DecodingKey>;
 
+/// How many verified tokens the gateway remembers.
+const VERIFIED_TOKENS: u64 = 200_000;
+
+/// A token whose signature and claims were checked, remembered by its SHA-256 (the
+/// token itself is not kept).
+struct Verified {
+    claims: AccessClaims,
+    /// The key that signed it: once the key leaves the key set, so does the token.
+    kid: Option<String>,
+}
+
 /// The cached key set and how tokens are checked against it.
 pub struct KeyStore {
     client: Client,
@@ -56,6 +67,10 @@ pub struct KeyStore {
     /// concurrent requests with the same new kid wait for one fetch instead of each
     /// starting one.
     last_unknown_kid_fetch: Mutex<Option<Instant>>,
+    /// Tokens verified before: an Ed25519 check costs tens of microseconds, the
+    /// largest part of a cheap request, and clients send the same token for minutes.
+    /// A hit still checks expiry and that the signing key is still published.
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -80,6 +95,11 @@ impl KeyStore {
             keys: RwLock::new(Arc::new(HashMap::new())),
             loaded: AtomicBool::new(false),
             last_unknown_kid_fetch: Mutex::new(None),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                // No access token lives longer; expiry is also checked on every hit.
+                .time_to_live(Duration::from_secs(24 * 3600))
+                .build(),
         }
     }
 
@@ -161,6 +181,37 @@ impl KeyStore {
         if !self.is_loaded() {
             return Err(ApiError::ServiceUnavailable("signing keys not loaded yet"));
         }
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(known) = self.verified.get(&digest) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+            let key_published = match &known.kid {
+                Some(kid) => self.keys().contains_key(kid),
+                None => true,
+            };
+            if now <= known.claims.exp.saturating_add(leeway) && key_published {
+                return Ok(known.claims.clone());
+            }
+            // Expired, or its key was retired: check it in full (and answer why).
+            self.verified.invalidate(&digest);
+        }
+        let claims = self.verify_signature(token).await?;
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        self.verified.insert(
+            digest,
+            Arc::new(Verified {
+                claims: claims.clone(),
+                kid,
+            }),
+        );
+        Ok(claims)
+    }
+
+    /// The full check: signature against the key set, then the claims.
+    async fn verify_signature(&self, token: &str) -> Result<AccessClaims, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ApiError::Unauthorized("malformed token"))?;
         if header.alg != Algorithm::EdDSA {

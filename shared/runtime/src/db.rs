@@ -106,7 +106,7 @@ impl Database {
                 let url = sqlite_url(url)?;
                 // The writer first: it creates the file and switches it to WAL before
                 // the readers open it.
-                let writer = sqlite_pool(1, timeouts.acquire)
+                let writer = sqlite_pool(1, timeouts.acquire, Role::Writer)
                     .connect(&url)
                     .await
                     .map_err(DbError::Connect)?;
@@ -115,10 +115,11 @@ impl Database {
                     // Every connection to :memory: is a database of its own.
                     (writer.clone(), writer)
                 } else {
-                    let pool = sqlite_pool(8, timeouts.acquire)
+                    let pool = sqlite_pool(8, timeouts.acquire, Role::Reader)
                         .connect(&url)
                         .await
                         .map_err(DbError::Connect)?;
+                    tokio::spawn(checkpoint(pool.clone()));
                     (pool, writer)
                 }
             }
@@ -188,19 +189,58 @@ impl Database {
     }
 }
 
+/// Copies the write-ahead log into the database file, beside the writer.
+///
+/// SQLite checkpoints by default in the connection whose commit fills the log past 1000
+/// pages: on the one writer connection, every few hundred commits, a checkpoint with
+/// its file syncs stalls every write queued behind it. So the writer's automatic
+/// checkpoints are off and this task runs a PASSIVE checkpoint (it never waits for, nor
+/// blocks, the writer or readers) on a reader connection twice a second, until the pool
+/// closes.
+async fn checkpoint(pool: AnyPool) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if pool.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                break;
+            }
+            tracing::debug!(error = %e, "WAL checkpoint failed; retrying");
+        }
+    }
+}
+
+/// What a pool of one SQLite file is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
 /// Pool options for one SQLite file: WAL lets readers run beside the one writer;
-/// the busy timeout makes a writer of another process queue instead of failing.
-fn sqlite_pool(max_connections: u32, acquire_timeout: Duration) -> AnyPoolOptions {
+/// the busy timeout makes a writer of another process queue instead of failing; the
+/// writer leaves checkpoints to [`checkpoint`] unless the file is in memory.
+fn sqlite_pool(max_connections: u32, acquire_timeout: Duration, role: Role) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 use sqlx::Executor;
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.execute("PRAGMA busy_timeout = 30000").await?;
                 conn.execute("PRAGMA synchronous = NORMAL").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
+                if role == Role::Writer {
+                    conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                }
                 Ok(())
             })
         })

@@ -10,7 +10,7 @@ use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::helpers::{Signer, assert_problem, claims, spawn_app, stub_reply};
+use crate::helpers::{Signer, assert_problem, claims, spawn_app, spawn_app_with, stub_reply};
 
 #[tokio::test]
 async fn a_valid_token_forwards_the_caller() {
@@ -128,6 +128,44 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
         .expect("send");
 
     assert_eq!(response.status(), 200);
+}
+
+/// Verified tokens are remembered (a signature check per request is the costliest step
+/// of a cheap request), but not past their key: once the key leaves the key set, the
+/// remembered token is refused like any other token of that key.
+#[tokio::test]
+async fn a_remembered_token_dies_with_its_key() {
+    let app = spawn_app_with(|c| c.jwks_refresh = Duration::from_millis(200)).await;
+    stub_reply(&app.nats, auth::RPC_ME, RpcReply::ok(json!({}))).await;
+    let temporary = Signer::new("short-lived-key");
+    app.jwks.lock().expect("lock").keys.push(temporary.jwk());
+    let token = temporary.token(Uuid::now_v7(), Role::User, 300);
+    let me = |token: String| {
+        let request = app.http.get(app.url("/v1/me")).bearer_auth(token);
+        async move { request.send().await.expect("send").status().as_u16() }
+    };
+    // Twice: the second answer comes from the remembered verification.
+    assert_eq!(me(token.clone()).await, 200);
+    assert_eq!(me(token.clone()).await, 200);
+
+    app.jwks
+        .lock()
+        .expect("lock")
+        .keys
+        .retain(|k| k.kid != "short-lived-key");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if me(token.clone()).await == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a token of a retired key still passes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Tokens of the keys still published keep working.
+    assert_eq!(me(app.token(Uuid::now_v7())).await, 200);
 }
 
 #[tokio::test]
