@@ -121,7 +121,7 @@ pub fn routes() -> Vec<(&'static str, Route)> {
             subjects::RPC_LOGIN,
             Route::post("/v1/auth/login")
                 .public()
-                .errors(&[ErrorCode::InvalidCredentials])
+                .errors(&[ErrorCode::InvalidCredentials, ErrorCode::LoginThrottled])
                 .request::<LoginRequest>()
                 .response::<TokenResponse>(200)
                 .secret_response()

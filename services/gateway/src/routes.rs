@@ -186,6 +186,7 @@ pub fn native_routes() -> Vec<NativeRoute> {
                 ErrorCode::MalformedJson,
                 ErrorCode::BadRequest,
                 ErrorCode::InvalidCredentials,
+                ErrorCode::LoginThrottled,
                 ErrorCode::Forbidden,
                 ErrorCode::PayloadTooLarge,
                 ErrorCode::UnsupportedMediaType,
