@@ -176,7 +176,7 @@ pub async fn lock_events(
         Backend::Sqlite => "",
     };
     let placeholders = (1..=ids.len())
-        .map(|i| format!("${i}"))
+        .map(|i| backend.param(i))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
@@ -195,11 +195,15 @@ pub async fn rsvps_of(
     conn: &mut AnyConnection,
     pairs: &[(Uuid, Uuid)],
 ) -> Result<Vec<RsvpRecord>, StoreError> {
+    let backend = Backend::of(conn);
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
     let conds = (0..pairs.len())
-        .map(|i| format!("(event_id = ${} AND user_id = ${})", 2 * i + 1, 2 * i + 2))
+        .map(|i| {
+            let (e, u) = (backend.param(2 * i + 1), backend.param(2 * i + 2));
+            format!("(event_id = {e} AND user_id = {u})")
+        })
         .collect::<Vec<_>>()
         .join(" OR ");
     let sql = format!("SELECT event_id, user_id, status, updated_at FROM rsvps WHERE {conds}");
@@ -219,6 +223,7 @@ pub async fn write_counts(
     conn: &mut AnyConnection,
     changes: &[(&EventRecord, u64)],
 ) -> Result<u64, StoreError> {
+    let backend = Backend::of(conn);
     if changes.is_empty() {
         return Ok(0);
     }
@@ -227,7 +232,7 @@ pub async fn write_counts(
     let mut binds: Vec<Bind> = Vec::new();
     let mut push = |b: Bind| {
         binds.push(b);
-        format!("${}", binds.len())
+        backend.param(binds.len())
     };
     let mut cases: [String; 5] = Default::default();
     let mut ids = Vec::with_capacity(changes.len());
@@ -272,12 +277,14 @@ pub async fn upsert_rsvps(
     conn: &mut AnyConnection,
     rsvps: &[RsvpRecord],
 ) -> Result<(), StoreError> {
+    let backend = Backend::of(conn);
     const ROWS_PER_STATEMENT: usize = 250;
     for chunk in rsvps.chunks(ROWS_PER_STATEMENT) {
         let values = (0..chunk.len())
             .map(|i| {
                 let b = i * 4;
-                format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4)
+                let p = |n| backend.param(b + n);
+                format!("({}, {}, {}, {})", p(1), p(2), p(3), p(4))
             })
             .collect::<Vec<_>>()
             .join(", ");

@@ -283,6 +283,29 @@ fn sqlite_url(url: &str) -> Result<String, DbError> {
     Ok(format!("sqlite://{path}?{query}"))
 }
 
+impl Backend {
+    /// The backend `conn` talks to.
+    pub fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name() == "SQLite" {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
+    /// The `i`-th (1-based) positional parameter as this backend writes it: `$i` on
+    /// PostgreSQL, `?i` on SQLite. Both read `$i`, but SQLite takes it for a *named*
+    /// parameter and looks every name up in a list while parsing, so a statement with
+    /// hundreds of parameters (the many-row statements of batch writers) parses in
+    /// quadratic time; `?i` is a plain number.
+    pub fn param(self, i: usize) -> String {
+        match self {
+            Backend::Sqlite => format!("?{i}"),
+            Backend::Postgres => format!("${i}"),
+        }
+    }
+}
+
 /// Microseconds since the Unix epoch, the mesh's stored form of an instant.
 pub fn to_micros(ts: jiff::Timestamp) -> i64 {
     ts.as_microsecond()

@@ -134,19 +134,13 @@ pub async fn insert(
 ) -> Result<(), OutboxError> {
     // 5 binds a row; well under SQLite's and PostgreSQL's bind limits.
     const ROWS_PER_STATEMENT: usize = 200;
+    let backend = crate::db::Backend::of(tx);
     let created_at = to_micros(jiff::Timestamp::now());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
-                let b = i * 5;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5
-                )
+                let p = |n| backend.param(i * 5 + n);
+                format!("({}, {}, {}, {}, {})", p(1), p(2), p(3), p(4), p(5))
             })
             .collect();
         let sql = format!(
@@ -186,6 +180,10 @@ pub struct RelayConfig {
     pub idle_poll: Duration,
     /// Published rows older than this are deleted.
     pub keep_published: Duration,
+    /// How long a woken relay waits for more commits before a round: under load every
+    /// round is a read and a marking write on the database, so a few milliseconds of
+    /// patience publish many rows per round instead of a few.
+    pub linger: Duration,
 }
 
 impl Default for RelayConfig {
@@ -194,6 +192,7 @@ impl Default for RelayConfig {
             batch: 512,
             idle_poll: Duration::from_millis(500),
             keep_published: Duration::from_secs(7 * 24 * 3600),
+            linger: Duration::from_millis(5),
         }
     }
 }
@@ -263,7 +262,9 @@ impl Relay {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.waker.0.notified() => {},
+                _ = self.waker.0.notified() => {
+                    tokio::time::sleep(self.config.linger).await;
+                },
                 _ = tokio::time::sleep(self.config.idle_poll) => {},
             }
         }
