@@ -27,6 +27,7 @@
 //! rate-limit buckets and the open notification streams. It knows no service's routes at
 //! build time: a team ships a new endpoint by deploying only its own service.
 
+pub mod accept;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
@@ -39,6 +40,7 @@ pub mod error;
 mod fixture;
 pub mod http_metrics;
 pub mod idempotency;
+pub mod live;
 pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
@@ -47,7 +49,6 @@ pub mod server;
 pub mod stream;
 pub mod tickets;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,7 @@ use discovery::{Directory, DiscoveryOptions};
 use auth::KeyStore;
 use cache::{CacheOptions, ResponseCache};
 use idempotency::Idempotency;
+use live::LiveHub;
 use proxy::Gateway;
 use ratelimit::RateLimits;
 use stream::StreamOptions;
@@ -143,6 +145,7 @@ impl Application {
             idempotency: Arc::new(Idempotency::new(config.idempotency_abandon_after)),
             tickets: Arc::new(Tickets::new(config.sse_ticket_ttl)),
             streams: StreamOptions::new(config.sse_keepalive),
+            live: Arc::new(LiveHub::default()),
             cache: Arc::new(ResponseCache::new(
                 client.clone(),
                 &CacheOptions {
@@ -243,6 +246,12 @@ impl Application {
                 .run(config.jwks_refresh, background.clone()),
         );
         tokio::spawn(gateway.limits.clone().run_cleaner(background.clone()));
+        tokio::spawn(
+            gateway
+                .live
+                .clone()
+                .run(gateway.client.clone(), background.clone()),
+        );
         tokio::spawn(stream::watch_reconnects(
             gateway.clone(),
             background.clone(),
@@ -258,11 +267,7 @@ impl Application {
 
         let shutdown = cancel.clone();
         let streams = gateway.streams.shutdown.clone();
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let server = accept::serve(listener, router, async move {
             shutdown.cancelled().await;
             // An open stream is a response that never finishes on its own: end them all,
             // or the graceful shutdown would wait for the whole grace period.

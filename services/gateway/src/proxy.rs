@@ -26,6 +26,7 @@ use crate::console;
 use crate::discovery::Directory;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyKey, StoredResponse};
+use crate::live::LiveHub;
 use crate::ratelimit::{RateKey, RateLimits};
 use crate::routes::{AuthRule, Matched, Route};
 use crate::stream::StreamOptions;
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub tickets: Arc<Tickets>,
     /// Settings of the notification streams (see [`crate::stream`]).
     pub streams: StreamOptions,
+    /// The live notifications of the open streams (see [`crate::live`]).
+    pub live: Arc<LiveHub>,
     /// Answers of cacheable GET routes (see [`crate::cache`]).
     pub cache: Arc<ResponseCache>,
     pub request_timeout: Duration,

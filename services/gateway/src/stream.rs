@@ -3,14 +3,13 @@
 //! gateway itself, not forwarded.
 //!
 //! Push publishes each new notification on the core-NATS subject
-//! `push.live.<user>`; every gateway replica holding a stream for that user has its own
-//! subscription there, so all of them get it. A stream:
+//! `push.live.<user>`; every gateway replica holds one subscription to all of them and
+//! hands each to the streams open there for that user ([`crate::live`]). A stream:
 //!
 //! 1. without `Last-Event-ID`, asks push for the user's newest notification number
 //!    (`seq`) first: the stream starts after it;
-//! 2. subscribes to the user's live subject and makes sure the server has the
-//!    subscription before answering (a round trip on the same connection), so nothing
-//!    published after the response headers is lost;
+//! 2. registers with the hub (whose subscription the server already has), so nothing
+//!    the hub receives from then on is lost;
 //! 3. asks push for what came after the starting point (`Last-Event-ID`, or the number
 //!    from step 1) (`svc.push.v1.notifications.since`, oldest first, page by page);
 //! 4. then relays the live subscription.
@@ -31,8 +30,10 @@
 //! are notification ids (from a stream before it) are handled as before: by id, with a
 //! short memory of ids sent.
 //!
-//! Memory per open stream is one NATS subscription, one keep-alive timer and a few
-//! words of state; nothing per message is proportional to the number of streams. Every
+//! Memory per open stream is a small channel in the hub, one keep-alive timer and a
+//! few words of state; nothing per message is proportional to the number of streams. A
+//! stream whose client reads too slowly for the live messages is marked lagged by the
+//! hub and fetches what it missed from push before going on. Every
 //! stream ends when the gateway shuts down, so graceful shutdown never waits on them,
 //! and after a NATS reconnect, so the client resumes with `Last-Event-ID` and gets what
 //! was published while the connection was down.
@@ -42,8 +43,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_nats::Client;
 use async_nats::client::RequestErrorKind;
-use async_nats::{Client, Subscriber};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -51,11 +52,13 @@ use axum::response::{IntoResponse, Response};
 use contracts::api::{Notification, NotificationsSince};
 use contracts::rpc::{Caller, RpcReply, RpcRequest};
 use contracts::subjects::{headers as mesh_headers, push};
+
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::live::LiveFeed;
 use crate::proxy::{self, Gateway};
 use crate::ratelimit::RateKey;
 use crate::routes::AuthRule;
@@ -265,12 +268,12 @@ impl Gateway {
             }
         };
 
-        let live = self
-            .client
-            .subscribe(push::live_subject(&caller.user_id))
-            .await
-            .map_err(|e| ApiError::internal("cannot subscribe to live notifications", e))?;
-        sync_with_server(&self.client, self.request_timeout).await;
+        if !self.live.wait_subscribed(self.request_timeout).await {
+            return Err(ApiError::ServiceUnavailable(
+                "live notifications are not subscribed yet",
+            ));
+        }
+        let live = self.live.register(caller.user_id);
         tracing::debug!(user = %caller.user_id, resume = ?resume, "notification stream opened");
 
         let (sent_up_to, id_floor, backlog) = match resume {
@@ -302,21 +305,6 @@ impl Gateway {
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(response)
-    }
-}
-
-/// Returns once the server has handled everything this connection sent so far, in
-/// particular the `SUB` just made: a request to a subject nobody listens on comes back
-/// "no responders" only after the server processed the earlier commands. Best effort:
-/// on any other outcome the stream opens anyway.
-async fn sync_with_server(client: &Client, timeout: Duration) {
-    let request = async_nats::Request::new()
-        .payload(bytes::Bytes::new())
-        .timeout(Some(timeout));
-    match client.send_request(client.new_inbox(), request).await {
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => {}
-        Ok(_) => tracing::debug!("unexpected answer to the subscription sync"),
-        Err(e) => tracing::debug!(error = %e, "subscription sync failed"),
     }
 }
 
@@ -358,7 +346,7 @@ enum Backlog {
 struct Feed {
     client: Client,
     caller: Caller,
-    live: Subscriber,
+    live: LiveFeed,
     request_timeout: Duration,
     /// The highest `seq` the client has: every lower one was sent before (or it had it).
     /// `None` until known (push did not answer at the start).
@@ -439,8 +427,16 @@ impl Feed {
                         }
                         continue;
                     }
-                    let message = self.live.next().await?;
-                    match contracts::wire::decode::<Notification>(&message.payload) {
+                    if self.live.take_lagged() {
+                        // The hub dropped live messages for this stream: fetch what
+                        // came after the last one sent (all of it committed).
+                        if let Some(sent) = self.sent_up_to {
+                            self.backlog = Backlog::Fetch(Missed::AfterSeq(sent));
+                            continue;
+                        }
+                    }
+                    let payload = self.live.next().await?;
+                    match contracts::wire::decode::<Notification>(&payload) {
                         Ok(n) => {
                             if let Some(after) = self.gap_before(&n) {
                                 // Lower numbers are committed but not here yet (or their
@@ -453,7 +449,7 @@ impl Feed {
                         }
                         Err(e) => tracing::warn!(
                             error = %e,
-                            subject = %message.subject,
+                            user = %self.caller.user_id,
                             "undecodable live notification"
                         ),
                     }

@@ -191,8 +191,11 @@ pub mod push {
     /// Core-NATS subject (not in any stream) on which push sends a user's new
     /// notifications to every gateway holding a live stream for that user.
     pub fn live_subject(user_id: &uuid::Uuid) -> String {
-        format!("push.live.{}", user_id.simple())
+        format!("{LIVE_PREFIX}{}", user_id.simple())
     }
+    /// What precedes the user id in a live subject.
+    pub const LIVE_PREFIX: &str = "push.live.";
+    /// Every user's live subject: what each gateway subscribes to once.
     pub const LIVE_WILDCARD: &str = "push.live.*";
 }
 

@@ -608,3 +608,184 @@ async fn a_nats_reconnect_ends_streams_so_clients_resume() {
     publish_live(&app.nats, user, &n).await;
     assert_eq!(again.next_event().await.notification(), n);
 }
+
+/// Reads from `socket` until `done` holds for what was read (or fails at the deadline);
+/// `None` when the peer closed first.
+async fn read_until(
+    socket: &mut tokio::net::TcpStream,
+    read: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(read) {
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, socket.read(&mut buf))
+            .await
+            .expect("nothing arrived before the deadline")
+            .expect("read");
+        if n == 0 {
+            return None;
+        }
+        read.extend_from_slice(&buf[..n]);
+    }
+    Some(())
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Reads until the peer closes; false if it does not within the deadline.
+async fn closes(socket: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn stream_request(token: Option<&str>) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET {STREAM} HTTP/1.1\r\nHost: gw\r\n{auth}Accept: text/event-stream\r\n\r\n")
+}
+
+/// What `EventSource` does: a fresh connection whose first request is the stream. The
+/// gateway answers it with its own HTTP/1 writer (no hyper buffers for an idle stream):
+/// the same headers, chunked events, and the connection is released when the client
+/// leaves.
+#[tokio::test]
+async fn a_stream_on_a_fresh_connection_is_served_and_released_when_the_client_leaves() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(stream_request(Some(&app.token(user))).as_bytes())
+        .await
+        .expect("write");
+    let mut read = Vec::new();
+    read_until(&mut socket, &mut read, |r| contains(r, "\r\n\r\n"))
+        .await
+        .expect("response head");
+    assert!(
+        read.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&read)
+    );
+    for header in [
+        "content-type: text/event-stream",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "x-request-id: ",
+        "date: ",
+    ] {
+        assert!(
+            contains(&read, header),
+            "no {header:?} in {}",
+            String::from_utf8_lossy(&read)
+        );
+    }
+    // Registered before the head was sent: a notification published now arrives.
+    let n = notification("over the lean path");
+    publish_live(&app.nats, user, &n).await;
+    let id = n.id.to_string();
+    read_until(&mut socket, &mut read, |r| {
+        contains(r, &id) && contains(r, "\n\n")
+    })
+    .await
+    .expect("the notification");
+    let text = String::from_utf8_lossy(&read);
+    assert!(text.contains("event: notification"), "{text}");
+    assert!(text.contains("over the lean path"), "{text}");
+    // The client leaves (closes its side): the gateway ends the stream and closes.
+    socket.shutdown().await.expect("shutdown");
+    assert!(closes(&mut socket).await, "the gateway kept the connection");
+}
+
+/// Refusals on that path are whole problem+json answers, and the connection closes.
+#[tokio::test]
+async fn a_refused_stream_on_a_fresh_connection_is_a_complete_problem_answer() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(stream_request(None).as_bytes())
+        .await
+        .expect("write");
+    let mut read = Vec::new();
+    assert!(
+        read_until(&mut socket, &mut read, |r| contains(
+            r,
+            "\"code\":\"unauthorized\""
+        ))
+        .await
+        .is_some(),
+        "{}",
+        String::from_utf8_lossy(&read)
+    );
+    assert!(read.starts_with(b"HTTP/1.1 401 Unauthorized\r\n"));
+    assert!(contains(&read, "content-type: application/problem+json"));
+    assert!(contains(&read, "content-length: "));
+    assert!(closes(&mut socket).await, "the gateway kept the connection");
+}
+
+/// A stream asked for on a connection that already served a request is hyper's, as
+/// any request: it works the same.
+#[tokio::test]
+async fn a_stream_later_on_a_kept_alive_connection_works_too() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    let mut read = Vec::new();
+    read_until(&mut socket, &mut read, |r| contains(r, "\r\n\r\n"))
+        .await
+        .expect("health answer");
+    assert!(
+        read.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&read)
+    );
+    assert!(!contains(&read, "connection: close"));
+    // The health body is short: wait for all of it before the next request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    socket
+        .write_all(stream_request(Some(&app.token(user))).as_bytes())
+        .await
+        .expect("write");
+    read.clear();
+    read_until(&mut socket, &mut read, |r| contains(r, "text/event-stream"))
+        .await
+        .expect("stream head");
+    let n = notification("over hyper");
+    publish_live(&app.nats, user, &n).await;
+    let id = n.id.to_string();
+    read_until(&mut socket, &mut read, |r| contains(r, &id))
+        .await
+        .expect("the notification");
+}
