@@ -41,6 +41,7 @@ pub mod config;
 pub mod ics;
 pub mod incoming;
 pub mod processor;
+pub mod smtp_pool;
 pub mod store;
 pub mod templates;
 pub mod transport;

@@ -8,10 +8,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use lettre::transport::file::AsyncFileTransport;
 use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
+
+use crate::smtp_pool::{PoolError, SmtpPool, StartTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailerError {
@@ -22,6 +28,8 @@ pub enum MailerError {
         #[source]
         source: lettre::transport::smtp::Error,
     },
+    #[error("invalid SMTP_URL {url}: {reason}")]
+    Invalid { url: String, reason: String },
     #[error("SMTP_TLS_CA_FILE {path}: {reason}")]
     Ca { path: String, reason: String },
     #[error("cannot create the mail folder {path}: {source}")]
@@ -37,6 +45,8 @@ pub enum MailerError {
 pub enum SendError {
     #[error("SMTP: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("SMTP: {0}")]
+    Direct(#[from] PoolError),
     #[error("cannot write the mail file: {0}")]
     File(#[from] lettre::transport::file::Error),
 }
@@ -45,8 +55,8 @@ impl SendError {
     /// True for a permanent SMTP reply (5xx): retrying the same mail cannot succeed.
     pub fn is_permanent(&self) -> bool {
         match self {
-            SendError::Smtp(e) => e.is_permanent(),
-            SendError::File(_) => false,
+            SendError::Smtp(e) | SendError::Direct(PoolError::Smtp(e)) => e.is_permanent(),
+            SendError::Direct(_) | SendError::File(_) => false,
         }
     }
 
@@ -55,19 +65,38 @@ impl SendError {
     /// else on the way to the server) or `file`.
     pub fn kind(&self) -> &'static str {
         match self {
-            SendError::Smtp(e) if e.is_permanent() => "permanent",
-            SendError::Smtp(e) if e.is_transient() => "transient",
-            SendError::Smtp(e) if e.is_timeout() => "timeout",
-            SendError::Smtp(e) if e.is_tls() => "tls",
-            SendError::Smtp(_) => "connection",
+            SendError::Smtp(e) | SendError::Direct(PoolError::Smtp(e)) => smtp_kind(e),
+            SendError::Direct(PoolError::Timeout(_)) => "timeout",
+            SendError::Direct(PoolError::Connect(_)) => "connection",
             SendError::File(_) => "file",
         }
+    }
+}
+
+fn smtp_kind(e: &lettre::transport::smtp::Error) -> &'static str {
+    if e.is_permanent() {
+        "permanent"
+    } else if e.is_transient() {
+        "transient"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_tls() {
+        "tls"
+    } else {
+        "connection"
     }
 }
 
 /// The configured way out.
 #[derive(Clone)]
 pub enum Mailer {
+    /// `smtp://`: connections of our own (see [`crate::smtp_pool`]).
+    Direct {
+        pool: Arc<SmtpPool>,
+        /// For logs, password masked.
+        url: String,
+    },
+    /// `smtps://`: lettre's pooled transport.
     Smtp {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         /// For logs, password masked.
@@ -103,10 +132,22 @@ impl Mailer {
                     url: masked.clone(),
                     source,
                 };
+                // lettre checks the URL (scheme, TLS parameter, credentials) either way.
                 let mut builder =
                     AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(url_error)?;
-                if let Some(path) = tls_ca {
-                    builder = builder.tls(tls_trusting(url, path)?);
+                let tls = match tls_ca {
+                    Some(path) => Some(tls_trusting(url, path)?),
+                    None => None,
+                };
+                if let Some(pool) = direct_pool(url, tls.clone(), timeout, &masked)? {
+                    return Ok(Mailer::Direct {
+                        pool: Arc::new(pool),
+                        url: masked,
+                    }
+                    .with_metrics());
+                }
+                if let Some(tls) = tls {
+                    builder = builder.tls(tls);
                 }
                 let transport = builder.timeout(Some(timeout)).build();
                 Ok(Mailer::Smtp {
@@ -132,7 +173,7 @@ impl Mailer {
     /// `smtp smtp://127.0.0.1:2525` or `files in .mesh/mail`.
     pub fn describe(&self) -> String {
         match self {
-            Mailer::Smtp { url, .. } => format!("smtp {url}"),
+            Mailer::Smtp { url, .. } | Mailer::Direct { url, .. } => format!("smtp {url}"),
             Mailer::File { dir, .. } => format!("files in {}", dir.display()),
         }
     }
@@ -144,7 +185,9 @@ impl Mailer {
         let transport = self.transport_label();
         metrics::counter!(names::EMAIL_SENT, "transport" => transport).absolute(0);
         let kinds: &[&'static str] = match self {
-            Mailer::Smtp { .. } => &["permanent", "transient", "timeout", "tls", "connection"],
+            Mailer::Smtp { .. } | Mailer::Direct { .. } => {
+                &["permanent", "transient", "timeout", "tls", "connection"]
+            }
             Mailer::File { .. } => &["file"],
         };
         for kind in kinds {
@@ -157,7 +200,7 @@ impl Mailer {
     /// The `transport` label of the mail metrics.
     fn transport_label(&self) -> &'static str {
         match self {
-            Mailer::Smtp { .. } => "smtp",
+            Mailer::Smtp { .. } | Mailer::Direct { .. } => "smtp",
             Mailer::File { .. } => "file",
         }
     }
@@ -185,6 +228,10 @@ impl Mailer {
 
     async fn hand_over(&self, message: Message) -> Result<Option<PathBuf>, SendError> {
         match self {
+            Mailer::Direct { pool, .. } => {
+                pool.send(message.envelope(), &message.formatted()).await?;
+                Ok(None)
+            }
             Mailer::Smtp { transport, .. } => {
                 transport.send(message).await?;
                 Ok(None)
@@ -195,6 +242,68 @@ impl Mailer {
             }
         }
     }
+}
+
+/// For an `smtp://` URL (already checked by lettre), the pool speaking to it; `None`
+/// for `smtps://`. `tls`: the STARTTLS parameters with a trusted CA, if one is set.
+fn direct_pool(
+    url: &str,
+    tls: Option<Tls>,
+    timeout: Duration,
+    masked: &str,
+) -> Result<Option<SmtpPool>, MailerError> {
+    let invalid = |reason: String| MailerError::Invalid {
+        url: masked.to_owned(),
+        reason,
+    };
+    let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    if parsed.scheme() != "smtp" {
+        return Ok(None);
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| invalid("no host".into()))?
+        .to_owned();
+    let tls_param = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let plain_parameters =
+        || TlsParameters::new(host.clone()).map_err(|e| invalid(format!("TLS parameters: {e}")));
+    // The same defaults as lettre's: port 25 plain, 587 (submission) with STARTTLS.
+    let (start_tls, default_port) = match (tls_param.as_deref(), tls) {
+        (None, _) => (StartTls::Off, 25),
+        (Some("required"), Some(Tls::Required(p))) => (StartTls::Required(p), 587),
+        (Some("required"), _) => (StartTls::Required(plain_parameters()?), 587),
+        (Some("opportunistic"), Some(Tls::Opportunistic(p))) => (StartTls::Opportunistic(p), 587),
+        (Some("opportunistic"), _) => (StartTls::Opportunistic(plain_parameters()?), 587),
+        (Some(other), _) => return Err(invalid(format!("unknown tls={other}"))),
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|e| invalid(format!("credentials: {e}")))
+    };
+    let credentials = match parsed.password() {
+        Some(password) => Some(Credentials::new(
+            decode(parsed.username())?,
+            decode(password)?,
+        )),
+        None => None,
+    };
+    let hello = match parsed.path().trim_matches('/') {
+        "" => ClientId::default(),
+        name => ClientId::Domain(name.to_owned()),
+    };
+    Ok(Some(SmtpPool::new(
+        host,
+        parsed.port().unwrap_or(default_port),
+        start_tls,
+        credentials,
+        hello,
+        timeout,
+    )))
 }
 
 /// The TLS mode `url` asks for, trusting the certificates in `ca_file` as well.
