@@ -21,7 +21,7 @@ pub struct Config {
     /// parked copy. The index keeps its own copy of the bytes beyond that.
     pub dlq_max_age: Duration,
     /// `HOSPITAL_REPLAY_RATE_PER_SEC` (default 100): replays per second when a request
-    /// names no rate; 0 = unlimited (a window of 256 outstanding publish acks).
+    /// names no rate; 0 = unlimited (a window of 2,048 outstanding publish acks).
     pub replay_rate_per_sec: u32,
     /// `HOSPITAL_WHERE_SCAN_LIMIT` (default 10000): how many of the newest messages of
     /// AUTH and CALENDAR "where is this message?" scans for a message never parked.

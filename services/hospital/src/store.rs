@@ -14,7 +14,7 @@ use contracts::hospital::{
     Job, JobStatus,
 };
 use jiff::Timestamp;
-use runtime::db::{Database, from_micros, to_micros};
+use runtime::db::{Backend, Database, from_micros, to_micros};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row};
 use uuid::Uuid;
@@ -72,18 +72,22 @@ enum Arg {
     Int(i64),
 }
 
-/// SQL text with its bound values, numbered `$1…` in order.
-#[derive(Debug, Default)]
+/// SQL text with its bound values, numbered in order (`$1…` on PostgreSQL, `?1…` on
+/// SQLite, whose parse of `$N` names is quadratic in a statement's parameter count: a
+/// replay's IN lists carry a thousand).
+#[derive(Debug)]
 struct Sql {
     text: String,
     args: Vec<Arg>,
+    backend: Backend,
 }
 
 impl Sql {
-    fn new(text: &str) -> Self {
+    fn new(db: &Database, text: &str) -> Self {
         Sql {
             text: text.to_owned(),
             args: Vec::new(),
+            backend: db.backend,
         }
     }
 
@@ -95,7 +99,8 @@ impl Sql {
     /// Appends a placeholder for `a`.
     fn arg(&mut self, a: Arg) -> &mut Self {
         self.args.push(a);
-        self.text.push_str(&format!("${}", self.args.len()));
+        let p = self.backend.param(self.args.len());
+        self.text.push_str(&p);
         self
     }
 
@@ -105,6 +110,18 @@ impl Sql {
 
     fn int(&mut self, v: i64) -> &mut Self {
         self.arg(Arg::Int(v))
+    }
+
+    /// `status = …` in a statement that also names its rows by id (`id IN (…)`). On
+    /// SQLite, without statistics, the planner prefers the status index over the
+    /// primary key and walks every row in that status (all 100,000 parked ones for a
+    /// chunk of 1,024); a unary `+` keeps that term from choosing the index.
+    fn status_is(&mut self, status: &str) -> &mut Self {
+        match self.backend {
+            Backend::Sqlite => self.push("+status = "),
+            Backend::Postgres => self.push("status = "),
+        };
+        self.text(status)
     }
 
     /// `(…, …)` of text placeholders.
@@ -164,6 +181,22 @@ fn status_clause(sql: &mut Sql, status: DeadLetterStatus) {
 
 /// Appends ` AND …` for each set field of the filter.
 fn filter_clauses(sql: &mut Sql, f: &DeadLetterFilter) {
+    filter_clauses_but_error(sql, f);
+    error_clause(sql, f);
+}
+
+/// The error-text condition: a case-insensitive substring, the exact test whatever
+/// index found the candidates (a trigram index only narrows them down).
+fn error_clause(sql: &mut Sql, f: &DeadLetterFilter) {
+    if let Some(e) = &f.error {
+        sql.push(" AND LOWER(error) LIKE ")
+            .text(format!("%{}%", like_escape(&e.to_lowercase())))
+            .push(" ESCAPE '\\'");
+    }
+}
+
+/// Every condition of the filter except the error text.
+fn filter_clauses_but_error(sql: &mut Sql, f: &DeadLetterFilter) {
     if let Some(d) = &f.durable {
         sql.push(" AND durable = ").text(d.as_str());
     }
@@ -185,11 +218,6 @@ fn filter_clauses(sql: &mut Sql, f: &DeadLetterFilter) {
     }
     if let Some(k) = f.error_kind {
         sql.push(" AND error_kind = ").text(k.as_str());
-    }
-    if let Some(e) = &f.error {
-        sql.push(" AND LOWER(error) LIKE ")
-            .text(format!("%{}%", like_escape(&e.to_lowercase())))
-            .push(" ESCAPE '\\'");
     }
     if let Some(s) = f.status {
         sql.push(" AND ");
@@ -274,7 +302,7 @@ pub async fn insert_dead_letter(db: &Database, d: &NewDeadLetter) -> Result<bool
     .bind(d.payload.clone())
     .bind(to_micros(d.parked_at))
     .bind(now)
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -372,17 +400,105 @@ impl FullRow {
     }
 }
 
+/// Rows a filtered page on SQLite reads in page order before it asks the error-text
+/// index instead (see [`list`]).
+pub const PROBE_ROWS: u32 = 2_000;
+
 /// One page, newest first; one row more than `limit` tells that another page exists.
+///
+/// An error-text filter is a substring search. PostgreSQL answers it from the trigram
+/// index on `LOWER(error)` when its statistics say the text is rare, and walks the
+/// page index otherwise. SQLite has no such statistics, so it is asked in two steps: the
+/// newest [`PROBE_ROWS`] rows matching the other conditions are tested first (a common
+/// text fills the page there); only if they hold too few matches does the trigram index
+/// (`dead_letter_errors`, FTS5) name the candidates, which are then tested and sorted.
+/// Texts under 3 characters have no trigram and are always tested row by row.
 pub async fn list(
     db: &Database,
     filter: &DeadLetterFilter,
     after: Option<Cursor>,
     limit: u32,
 ) -> Result<Vec<DeadLetterRow>> {
-    let mut sql = Sql::new(&format!(
-        "SELECT {SUMMARY_COLUMNS} FROM dead_letters WHERE 1 = 1"
-    ));
+    list_probed(db, filter, after, limit, PROBE_ROWS.max(4 * (limit + 1))).await
+}
+
+/// [`list`] with the probe's size given (tests use a small one to reach the index).
+pub async fn list_probed(
+    db: &Database,
+    filter: &DeadLetterFilter,
+    after: Option<Cursor>,
+    limit: u32,
+    probe_rows: u32,
+) -> Result<Vec<DeadLetterRow>> {
+    let wanted = i64::from(limit) + 1;
+    let phrase = filter.error.as_deref().and_then(trigram_phrase);
+    let (Backend::Sqlite, Some(phrase)) = (db.backend, phrase) else {
+        let mut sql = Sql::new(
+            db,
+            &format!("SELECT {SUMMARY_COLUMNS} FROM dead_letters WHERE 1 = 1"),
+        );
+        filter_clauses(&mut sql, filter);
+        cursor_clause(&mut sql, after);
+        sql.push(" ORDER BY parked_at DESC, id DESC LIMIT ")
+            .int(wanted);
+        return fetch_rows(db, &sql).await;
+    };
+
+    // The newest rows first: enough matches there make the page.
+    let newest = |sql: &mut Sql| {
+        sql.push(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM dead_letters WHERE 1 = 1"
+        ));
+        filter_clauses_but_error(sql, filter);
+        cursor_clause(sql, after);
+        sql.push(" ORDER BY parked_at DESC, id DESC LIMIT ")
+            .int(i64::from(probe_rows));
+    };
+    let mut sql = Sql::new(db, "SELECT * FROM (");
+    newest(&mut sql);
+    sql.push(") WHERE 1 = 1");
+    error_clause(&mut sql, filter);
+    sql.push(" ORDER BY parked_at DESC, id DESC LIMIT ")
+        .int(wanted);
+    let rows = fetch_rows(db, &sql).await?;
+    if rows.len() as i64 >= wanted {
+        return Ok(rows);
+    }
+    // Too few: unless the probe saw every candidate, ask the trigram index.
+    let mut sql = Sql::new(db, "SELECT COUNT(*) FROM (");
+    newest(&mut sql);
+    sql.push(")");
+    let probed = sql.scalar_i64().fetch_one(&db.pool).await?;
+    if probed < i64::from(probe_rows) {
+        return Ok(rows);
+    }
+    let mut sql = Sql::new(
+        db,
+        &format!(
+            "SELECT {SUMMARY_COLUMNS} FROM (SELECT rowid AS hit FROM dead_letter_errors \
+             WHERE dead_letter_errors MATCH "
+        ),
+    );
+    // CROSS JOIN keeps the index's hits as the outer loop.
+    sql.text(phrase)
+        .push(") CROSS JOIN dead_letters ON dead_letters.rowid = hit WHERE 1 = 1");
     filter_clauses(&mut sql, filter);
+    cursor_clause(&mut sql, after);
+    sql.push(" ORDER BY parked_at DESC, id DESC LIMIT ")
+        .int(wanted);
+    fetch_rows(db, &sql).await
+}
+
+/// The FTS5 query of an error filter on the trigram index: the lower-cased text as one
+/// quoted phrase (which matches it as a substring, case-folded, with no operator or
+/// wildcard meaning); none under 3 characters, which hold no trigram.
+fn trigram_phrase(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    (lower.chars().count() >= 3).then(|| format!("\"{}\"", lower.replace('"', "\"\"")))
+}
+
+/// Keyset paging: rows after the cursor in (parked_at, id) descending order.
+fn cursor_clause(sql: &mut Sql, after: Option<Cursor>) {
     if let Some(c) = after {
         sql.push(" AND (parked_at < ")
             .int(c.at)
@@ -392,8 +508,9 @@ pub async fn list(
             .text(c.id.to_string())
             .push("))");
     }
-    sql.push(" ORDER BY parked_at DESC, id DESC LIMIT ")
-        .int(i64::from(limit) + 1);
+}
+
+async fn fetch_rows(db: &Database, sql: &Sql) -> Result<Vec<DeadLetterRow>> {
     let rows = sql.query().fetch_all(&db.pool).await?;
     rows.iter().map(DeadLetterRow::from_row).collect()
 }
@@ -465,6 +582,7 @@ pub async fn by_trace_id(db: &Database, trace_id: &str) -> Result<Vec<DeadLetter
 /// Failure groups by (durable, fingerprint), newest activity first.
 pub async fn groups(db: &Database, q: &GroupQuery) -> Result<Vec<FailureGroup>> {
     let mut sql = Sql::new(
+        db,
         "SELECT g.durable, g.fingerprint, g.error_kind, g.total, g.parked, g.first_seen, \
          g.last_seen, (SELECT d.error FROM dead_letters d WHERE d.durable = g.durable \
          AND d.fingerprint = g.fingerprint ORDER BY d.parked_at DESC, d.id DESC LIMIT 1) \
@@ -530,7 +648,7 @@ pub async fn parked_counts(db: &Database) -> Result<Vec<(String, u64)>> {
 
 /// How many dead letters a selection matches, whatever their status.
 pub async fn count_selection(db: &Database, s: &Selector) -> Result<u64> {
-    let mut sql = Sql::new("SELECT COUNT(*) FROM dead_letters WHERE 1 = 1");
+    let mut sql = Sql::new(db, "SELECT COUNT(*) FROM dead_letters WHERE 1 = 1");
     selector_clauses(&mut sql, s);
     let n = sql.scalar_i64().fetch_one(&db.pool).await?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -538,7 +656,7 @@ pub async fn count_selection(db: &Database, s: &Selector) -> Result<u64> {
 
 /// The ids a selection matches, oldest first (a replay keeps the original order).
 pub async fn select_ids(db: &Database, s: &Selector) -> Result<Vec<Uuid>> {
-    let mut sql = Sql::new("SELECT id FROM dead_letters WHERE 1 = 1");
+    let mut sql = Sql::new(db, "SELECT id FROM dead_letters WHERE 1 = 1");
     selector_clauses(&mut sql, s);
     sql.push(" ORDER BY parked_at, id");
     let rows = sql.query().fetch_all(&db.pool).await?;
@@ -557,17 +675,24 @@ pub async fn claim_for_replay(db: &Database, ids: &[Uuid], job: Uuid) -> Result<
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::new("UPDATE dead_letters SET status = 'replaying', claim_job = ");
+    let mut sql = Sql::new(
+        db,
+        "UPDATE dead_letters SET status = 'replaying', claim_job = ",
+    );
     sql.text(job.to_string())
         .push(", updated_at = ")
         .int(to_micros(Timestamp::now()))
-        .push(" WHERE status = 'parked' AND id IN ")
+        .push(" WHERE ")
+        .status_is("parked")
+        .push(" AND id IN ")
         .in_list(ids_text(ids))
         .push(&format!(" RETURNING {SUMMARY_COLUMNS}, headers, payload"));
-    let rows = sql.query().fetch_all(&db.pool).await?;
+    let rows = sql.query().fetch_all(db.writer()).await?;
     let mut rows: Vec<FullRow> = rows.iter().map(FullRow::from_row).collect::<Result<_>>()?;
     // RETURNING gives no order; keep the job's.
-    rows.sort_by_key(|r| ids.iter().position(|i| *i == r.row.id));
+    let order: std::collections::HashMap<Uuid, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    rows.sort_by_key(|r| order.get(&r.row.id).copied());
     Ok(rows)
 }
 
@@ -577,17 +702,20 @@ pub async fn finish_replay(db: &Database, ids: &[Uuid], job: Uuid, audit_id: Uui
         return Ok(0);
     }
     let mut sql = Sql::new(
+        db,
         "UPDATE dead_letters SET status = 'replayed', replays = replays + 1, claim_job = NULL, \
          action_audit_id = ",
     );
     sql.text(audit_id.to_string())
         .push(", updated_at = ")
         .int(to_micros(Timestamp::now()))
-        .push(" WHERE status = 'replaying' AND claim_job = ")
+        .push(" WHERE ")
+        .status_is("replaying")
+        .push(" AND claim_job = ")
         .text(job.to_string())
         .push(" AND id IN ")
         .in_list(ids_text(ids));
-    Ok(sql.query().execute(&db.pool).await?.rows_affected())
+    Ok(sql.query().execute(db.writer()).await?.rows_affected())
 }
 
 /// Gives claimed rows back (their publish failed or the job stopped before them).
@@ -595,12 +723,16 @@ pub async fn release_claims(db: &Database, ids: &[Uuid], job: Uuid) -> Result<u6
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut sql = Sql::new("UPDATE dead_letters SET status = 'parked', claim_job = NULL WHERE ");
-    sql.push("status = 'replaying' AND claim_job = ")
+    let mut sql = Sql::new(
+        db,
+        "UPDATE dead_letters SET status = 'parked', claim_job = NULL WHERE ",
+    );
+    sql.status_is("replaying")
+        .push(" AND claim_job = ")
         .text(job.to_string())
         .push(" AND id IN ")
         .in_list(ids_text(ids));
-    Ok(sql.query().execute(&db.pool).await?.rows_affected())
+    Ok(sql.query().execute(db.writer()).await?.rows_affected())
 }
 
 /// Discards the still-parked ones among `ids`; returns how many.
@@ -608,13 +740,18 @@ pub async fn discard(db: &Database, ids: &[Uuid], audit_id: Uuid) -> Result<u64>
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut sql = Sql::new("UPDATE dead_letters SET status = 'discarded', action_audit_id = ");
+    let mut sql = Sql::new(
+        db,
+        "UPDATE dead_letters SET status = 'discarded', action_audit_id = ",
+    );
     sql.text(audit_id.to_string())
         .push(", updated_at = ")
         .int(to_micros(Timestamp::now()))
-        .push(" WHERE status = 'parked' AND id IN ")
+        .push(" WHERE ")
+        .status_is("parked")
+        .push(" AND id IN ")
         .in_list(ids_text(ids));
-    Ok(sql.query().execute(&db.pool).await?.rows_affected())
+    Ok(sql.query().execute(db.writer()).await?.rows_affected())
 }
 
 /// The rows among `ids` in `status`, with their DLQ sequence (purge candidates).
@@ -626,8 +763,8 @@ pub async fn in_status(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::new("SELECT id, dlq_sequence FROM dead_letters WHERE status = ");
-    sql.text(status.as_str())
+    let mut sql = Sql::new(db, "SELECT id, dlq_sequence FROM dead_letters WHERE ");
+    sql.status_is(status.as_str())
         .push(" AND id IN ")
         .in_list(ids_text(ids));
     let rows = sql.query().fetch_all(&db.pool).await?;
@@ -646,11 +783,11 @@ pub async fn delete(db: &Database, ids: &[Uuid], status: DeadLetterStatus) -> Re
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut sql = Sql::new("DELETE FROM dead_letters WHERE status = ");
-    sql.text(status.as_str())
+    let mut sql = Sql::new(db, "DELETE FROM dead_letters WHERE ");
+    sql.status_is(status.as_str())
         .push(" AND id IN ")
         .in_list(ids_text(ids));
-    Ok(sql.query().execute(&db.pool).await?.rows_affected())
+    Ok(sql.query().execute(db.writer()).await?.rows_affected())
 }
 
 /// Claims one parked dead letter for an edited replay (`editing`, tagged with the audit
@@ -663,7 +800,7 @@ pub async fn claim_for_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<b
     .bind(audit_id.to_string())
     .bind(to_micros(Timestamp::now()))
     .bind(id.to_string())
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -678,7 +815,7 @@ pub async fn finish_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<bool
     .bind(to_micros(Timestamp::now()))
     .bind(id.to_string())
     .bind(audit_id.to_string())
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -691,7 +828,7 @@ pub async fn unclaim_edit(db: &Database, id: Uuid, audit_id: Uuid) -> Result<()>
     )
     .bind(id.to_string())
     .bind(audit_id.to_string())
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(())
 }
@@ -783,7 +920,7 @@ pub async fn insert_job(
     .bind(selection.to_string())
     .bind(audit_id.to_string())
     .bind(to_micros(job.created_at))
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(())
 }
@@ -802,7 +939,7 @@ pub async fn save_job(db: &Database, job: &Job) -> Result<()> {
     .bind(to_micros(Timestamp::now()))
     .bind(job.finished_at.map(to_micros))
     .bind(job.id.to_string())
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(())
 }
@@ -840,7 +977,7 @@ pub async fn fail_stale_jobs(db: &Database, stale_before: Timestamp) -> Result<u
     .bind(INTERRUPTED)
     .bind(now)
     .bind(to_micros(stale_before))
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?
     .rows_affected();
     release_orphan_claims(db).await?;
@@ -856,7 +993,7 @@ pub async fn release_orphan_claims(db: &Database) -> Result<u64> {
          WHERE status = 'replaying' AND (claim_job IS NULL OR claim_job NOT IN \
          (SELECT id FROM jobs WHERE status = 'running'))",
     )
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?
     .rows_affected())
 }
@@ -890,7 +1027,7 @@ pub async fn insert_audit(db: &Database, a: &NewAudit) -> Result<AuditEntry> {
     .bind(big(a.count))
     .bind(a.reason.clone())
     .bind(a.detail.to_string())
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?;
     Ok(AuditEntry {
         id: a.id,
@@ -915,7 +1052,7 @@ pub async fn update_audit(
         .bind(big(count))
         .bind(detail.to_string())
         .bind(id.to_string())
-        .execute(&db.pool)
+        .execute(db.writer())
         .await?;
     Ok(())
 }
@@ -953,7 +1090,10 @@ pub async fn list_audit(
     after: Option<Cursor>,
     limit: u32,
 ) -> Result<Vec<AuditEntry>> {
-    let mut sql = Sql::new(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1"));
+    let mut sql = Sql::new(
+        db,
+        &format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1"),
+    );
     if let Some(c) = after {
         sql.push(" AND (at < ")
             .int(c.at)

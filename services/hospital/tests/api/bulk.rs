@@ -21,6 +21,7 @@ sqlite_only!(a_paced_replay_keeps_its_rate);
 both_backends!(
     ten_thousand_replayed_as_one_group,
     an_interrupted_job_run_again_sends_each_message_once,
+    an_interrupted_unlimited_replay_run_again_sends_each_message_once,
     a_crash_after_the_ack_sends_nothing_twice,
 );
 
@@ -163,23 +164,40 @@ async fn ten_thousand_replayed_as_one_group(backend: Backend) -> Result<()> {
 }
 
 async fn an_interrupted_job_run_again_sends_each_message_once(backend: Backend) -> Result<()> {
-    const N: u64 = 3_000;
+    // Paced, so it is still running when the hospital stops.
+    interrupted_and_run_again(backend, 3_000, 1500, 300).await
+}
+
+/// Unlimited: the hospital stops with up to a window of publishes (over more than one
+/// claimed chunk) unacknowledged; each of them is recorded or given back, none lost or
+/// sent twice.
+async fn an_interrupted_unlimited_replay_run_again_sends_each_message_once(
+    backend: Backend,
+) -> Result<()> {
+    interrupted_and_run_again(backend, 30_000, 0, 2_500).await
+}
+
+async fn interrupted_and_run_again(
+    backend: Backend,
+    n: u64,
+    rate: u32,
+    stop_after: u64,
+) -> Result<()> {
     let nats = NatsServer::start().await?;
     let db = TestDb::new(backend).await?;
     let app = TestApp::spawn(&nats, &db).await?;
-    park_many(&app, BULK, N).await?;
-    wait_indexed(&app, N as i64).await?;
+    park_many(&app, BULK, n).await?;
+    wait_indexed(&app, n as i64).await?;
     let one = app.dead_letters(&[("limit", "1")]).await?.remove(0);
 
-    // Paced, so it is still running when the hospital stops.
-    let r = app.replay(group_of(&one), Some(1500)).await?;
+    let r = app.replay(group_of(&one), Some(rate)).await?;
     let id = r.job.expect("a job").id;
     poll_until(
         "the job to be under way",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let job = app.job(id).await.ok()?;
-            (job.done >= 300).then_some(())
+            (job.done >= stop_after).then_some(())
         },
     )
     .await?;
@@ -192,7 +210,7 @@ async fn an_interrupted_job_run_again_sends_each_message_once(backend: Backend) 
         job.error.as_deref(),
         Some("interrupted; run the action again")
     );
-    assert!(job.done > 0 && job.done < N, "done {}", job.done);
+    assert!(job.done > 0 && job.done < n, "done {}", job.done);
     let (sent, _, _) = replays_received(&app, BULK).await?;
     assert_eq!(
         sent as u64, job.done,
@@ -204,11 +222,11 @@ async fn an_interrupted_job_run_again_sends_each_message_once(backend: Backend) 
         .wait_job(r.job.expect("a job").id, Duration::from_secs(120))
         .await?;
     assert_eq!(rerun.status, JobStatus::Completed);
-    assert_eq!(rerun.done + job.done, N);
+    assert_eq!(rerun.done + job.done, n);
     assert_eq!(rerun.skipped, job.done);
     assert_eq!(
         replays_received(&app, BULK).await?,
-        (N as usize, N as usize, N as usize)
+        (n as usize, n as usize, n as usize)
     );
     app.stop().await
 }

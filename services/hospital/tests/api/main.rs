@@ -13,4 +13,5 @@ mod bulk;
 mod dead_letters;
 mod edit;
 mod replay;
+mod search;
 mod ward;
