@@ -661,6 +661,15 @@ fn stream_request(token: Option<&str>) -> String {
     format!("GET {STREAM} HTTP/1.1\r\nHost: gw\r\n{auth}Accept: text/event-stream\r\n\r\n")
 }
 
+/// A new connection to the gateway on which `request` was sent.
+async fn send_on_new_connection(app: &TestApp, request: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request).await.expect("write");
+    socket
+}
+
 /// What `EventSource` does: a fresh connection whose first request is the stream. The
 /// gateway answers it with its own HTTP/1 writer (no hyper buffers for an idle stream):
 /// the same headers, chunked events, and the connection is released when the client
@@ -670,14 +679,8 @@ async fn a_stream_on_a_fresh_connection_is_served_and_released_when_the_client_l
     use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
     let user = Uuid::now_v7();
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut socket = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(stream_request(Some(&app.token(user))).as_bytes())
-        .await
-        .expect("write");
+    let mut socket =
+        send_on_new_connection(&app, stream_request(Some(&app.token(user))).as_bytes()).await;
     let mut read = Vec::new();
     read_until(&mut socket, &mut read, |r| contains(r, "\r\n\r\n"))
         .await
@@ -720,16 +723,8 @@ async fn a_stream_on_a_fresh_connection_is_served_and_released_when_the_client_l
 /// Refusals on that path are whole problem+json answers, and the connection closes.
 #[tokio::test]
 async fn a_refused_stream_on_a_fresh_connection_is_a_complete_problem_answer() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut socket = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(stream_request(None).as_bytes())
-        .await
-        .expect("write");
+    let mut socket = send_on_new_connection(&app, stream_request(None).as_bytes()).await;
     let mut read = Vec::new();
     assert!(
         read_until(&mut socket, &mut read, |r| contains(
@@ -754,14 +749,8 @@ async fn a_stream_later_on_a_kept_alive_connection_works_too() {
     use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
     let user = Uuid::now_v7();
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut socket = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .expect("write");
+    let mut socket =
+        send_on_new_connection(&app, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").await;
     let mut read = Vec::new();
     read_until(&mut socket, &mut read, |r| contains(r, "\r\n\r\n"))
         .await
