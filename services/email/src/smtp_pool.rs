@@ -167,3 +167,103 @@ impl SmtpPool {
         Ok(connection)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use lettre::Address;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A minimal SMTP server counting connections and accepted mails.
+    async fn server(connections: Arc<AtomicUsize>, mails: Arc<AtomicUsize>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let mails = mails.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"220 test\r\n").await.ok()?;
+                    let mut in_data = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply: &[u8] = if in_data {
+                            if line != "." {
+                                continue;
+                            }
+                            in_data = false;
+                            mails.fetch_add(1, Ordering::SeqCst);
+                            b"250 queued\r\n"
+                        } else if line.starts_with("EHLO") {
+                            b"250 test\r\n"
+                        } else if line.starts_with("DATA") {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        } else if line.starts_with("QUIT") {
+                            b"221 bye\r\n"
+                        } else {
+                            b"250 OK\r\n"
+                        };
+                        write.write_all(reply).await.ok()?;
+                    }
+                    Some(())
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_mail_after_mail() {
+        let (connections, mails) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let port = server(connections.clone(), mails.clone()).await;
+        let pool = SmtpPool::new(
+            "127.0.0.1".into(),
+            port,
+            StartTls::Off,
+            None,
+            ClientId::Domain("test".into()),
+            Duration::from_secs(5),
+        );
+        let from: Address = "a@example.com".parse().expect("address");
+        let to: Address = "b@example.com".parse().expect("address");
+        let envelope = Envelope::new(Some(from), vec![to]).expect("envelope");
+        for _ in 0..3 {
+            pool.send(&envelope, b"Subject: hi\r\n\r\nhello\r\n")
+                .await
+                .expect("sent");
+        }
+        assert_eq!(mails.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "the connection was reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_connection_error() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let pool = SmtpPool::new(
+            "127.0.0.1".into(),
+            port,
+            StartTls::Off,
+            None,
+            ClientId::Domain("test".into()),
+            Duration::from_secs(5),
+        );
+        let from: Address = "a@example.com".parse().expect("address");
+        let envelope = Envelope::new(Some(from.clone()), vec![from]).expect("envelope");
+        let err = pool.send(&envelope, b"x").await.expect_err("no server");
+        assert!(matches!(err, PoolError::Connect(_)), "{err:?}");
+    }
+}
