@@ -100,16 +100,9 @@ impl SmtpPool {
                 Ok(())
             }
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                // A refused mail leaves the session usable; anything else may not have.
-                if e.is_permanent() || e.is_transient() {
-                    let mut idle = self.idle();
-                    if idle.len() < MAX_IDLE && !connection.has_broken() {
-                        idle.push((connection, Instant::now()));
-                    }
-                }
-                Err(e.into())
-            }
+            // lettre aborts the session on any error (even a refused recipient): the
+            // connection is not kept.
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(PoolError::Timeout(self.timeout)),
         }
     }
