@@ -28,6 +28,17 @@ pub struct SseStream {
 impl SseStream {
     /// Opens the stream with a bearer token, or with `?ticket=` in `query`.
     pub async fn open(api: &Api, token: Option<&str>, query: &str) -> Result<Self> {
+        Self::resume(api, token, query, None).await
+    }
+
+    /// Like [`SseStream::open`], resuming after `last_event_id` when given (the
+    /// `Last-Event-ID` header, as `EventSource` sends it on reconnect).
+    pub async fn resume(
+        api: &Api,
+        token: Option<&str>,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Self> {
         let mut request = api
             .http()
             .get(api.url(&format!("{STREAM_PATH}{query}")))
@@ -35,6 +46,9 @@ impl SseStream {
             .timeout(Duration::from_secs(3600));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
         }
         let response = request.send().await?;
         let status = response.status();

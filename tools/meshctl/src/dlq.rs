@@ -760,6 +760,22 @@ async fn job(client: &mut Client, id: Uuid, json: bool, io: &mut Io<'_>) -> Resu
     Ok(())
 }
 
+/// The `DLQ` stream's fill line, shared by `dlq stats` and `status`.
+pub fn write_dlq_usage(stats: &HospitalStats, io: &mut Io<'_>) -> Result<()> {
+    let max = u64::try_from(stats.dlq_max_bytes)
+        .ok()
+        .filter(|m| *m > 0)
+        .map(|m| HumanBytes(m).to_string())
+        .unwrap_or_else(|| "unlimited".to_owned());
+    writeln!(
+        io.out,
+        "\nDLQ stream: {} messages, {} of {max}",
+        stats.dlq_messages,
+        HumanBytes(stats.dlq_bytes)
+    )?;
+    Ok(())
+}
+
 async fn stats(client: &mut Client, json: bool, io: &mut Io<'_>) -> Result<()> {
     let reply: Reply<HospitalStats> = client.get(&["v1", "admin", "dlq", "stats"], &[]).await?;
     if json {
@@ -797,17 +813,7 @@ async fn stats(client: &mut Client, json: bool, io: &mut Io<'_>) -> Result<()> {
         }
         write!(io.out, "{}", render::table_text(&table))?;
     }
-    let max = u64::try_from(stats.dlq_max_bytes)
-        .ok()
-        .filter(|m| *m > 0)
-        .map(|m| HumanBytes(m).to_string())
-        .unwrap_or_else(|| "unlimited".to_owned());
-    writeln!(
-        io.out,
-        "\nDLQ stream: {} messages, {} of {max}",
-        stats.dlq_messages,
-        HumanBytes(stats.dlq_bytes)
-    )?;
+    write_dlq_usage(&stats, io)?;
     Ok(())
 }
 

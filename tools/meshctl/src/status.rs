@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use contracts::hospital::{HospitalStats, ServiceList};
-use indicatif::HumanBytes;
 use jiff::Timestamp;
 use serde_json::json;
 
@@ -127,17 +126,7 @@ fn write_status(
         write!(io.out, "{}", render::table_text(&table))?;
     }
 
-    let max = u64::try_from(stats.dlq_max_bytes)
-        .ok()
-        .filter(|m| *m > 0)
-        .map(|m| HumanBytes(m).to_string())
-        .unwrap_or_else(|| "unlimited".to_owned());
-    writeln!(
-        io.out,
-        "\nDLQ stream: {} messages, {} of {max}",
-        stats.dlq_messages,
-        HumanBytes(stats.dlq_bytes)
-    )?;
+    crate::dlq::write_dlq_usage(stats, io)?;
     let notes = attention(services, stats);
     if notes.is_empty() {
         writeln!(io.out, "status: ok")?;

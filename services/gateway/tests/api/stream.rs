@@ -661,6 +661,20 @@ fn stream_request(token: Option<&str>) -> String {
     format!("GET {STREAM} HTTP/1.1\r\nHost: gw\r\n{auth}Accept: text/event-stream\r\n\r\n")
 }
 
+/// Reads a response head (and whatever came with it) and checks it is a 200.
+async fn read_ok_head(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut read = Vec::new();
+    read_until(socket, &mut read, |r| contains(r, "\r\n\r\n"))
+        .await
+        .expect("a response head");
+    assert!(
+        read.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&read)
+    );
+    read
+}
+
 /// A new connection to the gateway on which `request` was sent.
 async fn send_on_new_connection(app: &TestApp, request: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
@@ -681,15 +695,7 @@ async fn a_stream_on_a_fresh_connection_is_served_and_released_when_the_client_l
     let user = Uuid::now_v7();
     let mut socket =
         send_on_new_connection(&app, stream_request(Some(&app.token(user))).as_bytes()).await;
-    let mut read = Vec::new();
-    read_until(&mut socket, &mut read, |r| contains(r, "\r\n\r\n"))
-        .await
-        .expect("response head");
-    assert!(
-        read.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "{}",
-        String::from_utf8_lossy(&read)
-    );
+    let mut read = read_ok_head(&mut socket).await;
     for header in [
         "content-type: text/event-stream",
         "transfer-encoding: chunked",
@@ -751,15 +757,7 @@ async fn a_stream_later_on_a_kept_alive_connection_works_too() {
     let user = Uuid::now_v7();
     let mut socket =
         send_on_new_connection(&app, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").await;
-    let mut read = Vec::new();
-    read_until(&mut socket, &mut read, |r| contains(r, "\r\n\r\n"))
-        .await
-        .expect("health answer");
-    assert!(
-        read.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "{}",
-        String::from_utf8_lossy(&read)
-    );
+    let mut read = read_ok_head(&mut socket).await;
     assert!(!contains(&read, "connection: close"));
     // The health body is short: wait for all of it before the next request.
     tokio::time::sleep(Duration::from_millis(100)).await;

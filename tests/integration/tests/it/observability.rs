@@ -112,6 +112,29 @@ async fn scrape(http: &reqwest::Client, mesh: &Mesh, service: &str) -> Result<Sc
         .with_context(|| format!("scraping {service}"))
 }
 
+/// A scrape of `service` once its durable `durable` counts `n` messages handled.
+async fn scrape_when_handled(
+    http: &reqwest::Client,
+    mesh: &Mesh,
+    service: &str,
+    durable: &str,
+    n: f64,
+) -> Result<Scrape> {
+    poll_until(
+        WAIT,
+        &format!("{service} to settle the journey's messages"),
+        || async {
+            let s = scrape(http, mesh, service).await.ok()?;
+            let handled = s.sum(
+                "mesh_consumer_messages_total",
+                &[("durable", durable), ("outcome", "handled")],
+            )?;
+            (handled >= n).then_some(s)
+        },
+    )
+    .await
+}
+
 fn at_least(
     scrape: &Scrape,
     what: &str,
@@ -282,15 +305,7 @@ async fn metrics_after_a_journey(backend: Backend) -> Result<()> {
 
     // Email: the consumer and the SMTP hand-overs (the organizer's notice goes out
     // after the confirmation the journey waited for; the counters follow the acks).
-    let email = poll_until(WAIT, "email to settle the journey's messages", || async {
-        let s = scrape(&http, &mesh, "email").await.ok()?;
-        let handled = s.sum(
-            "mesh_consumer_messages_total",
-            &[("durable", "email-calendar"), ("outcome", "handled")],
-        )?;
-        (handled >= 2.0).then_some(s)
-    })
-    .await?;
+    let email = scrape_when_handled(&http, &mesh, "email", "email-calendar", 2.0).await?;
     at_least(
         &email,
         "email",
@@ -331,15 +346,7 @@ async fn metrics_after_a_journey(backend: Backend) -> Result<()> {
     );
 
     // Push: history and live.
-    let push = poll_until(WAIT, "push to settle the journey's messages", || async {
-        let s = scrape(&http, &mesh, "push").await.ok()?;
-        let handled = s.sum(
-            "mesh_consumer_messages_total",
-            &[("durable", "push-calendar"), ("outcome", "handled")],
-        )?;
-        (handled >= 2.0).then_some(s)
-    })
-    .await?;
+    let push = scrape_when_handled(&http, &mesh, "push", "push-calendar", 2.0).await?;
     at_least(
         &push,
         "push",

@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use futures::StreamExt;
+use anyhow::{Context, Result, ensure};
 use integration::ics::Invitation;
 use integration::smtp::{ReceivedMail, SmtpServer};
+use integration::sse::SseStream;
 use integration::{Api, Backend, Mesh, ServiceProcess, StatusCode, Tokens, poll_until};
 use serde_json::{Value, json};
 
@@ -86,98 +86,6 @@ fn invitation_of(mail: &ReceivedMail) -> Result<Invitation> {
         .invitation()
 }
 
-/// A minimal Server-Sent Events reader over a streaming HTTP body.
-struct SseReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-}
-
-#[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
-}
-
-impl SseReader {
-    async fn open(
-        api: &Api,
-        token: Option<&str>,
-        query: &str,
-        last_event_id: Option<&str>,
-    ) -> Result<Self> {
-        let mut request = api
-            .http()
-            .get(api.url(&format!("/v1/notifications/stream{query}")))
-            .header("accept", "text/event-stream")
-            .timeout(Duration::from_secs(3600));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            let body = response.text().await.unwrap_or_default();
-            bail!("stream answered {status}: {body}");
-        }
-        Ok(SseReader {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-        })
-    }
-
-    /// The next event that carries data (comments and keep-alives are skipped).
-    async fn next(&mut self, timeout: Duration) -> Result<SseEvent> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    id: None,
-                    event: None,
-                    data: String::new(),
-                };
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        event.id = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event.event = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        if !event.data.is_empty() {
-                            event.data.push('\n');
-                        }
-                        event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if !event.data.is_empty() {
-                    return Ok(event);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next())
-                .await
-                .context("no SSE event before the deadline")?
-                .context("the stream ended")??;
-            self.buffer
-                .push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
-        }
-    }
-
-    /// The next `notification` event, as JSON.
-    async fn next_notification(&mut self, timeout: Duration) -> Result<(String, Value)> {
-        loop {
-            let event = self.next(timeout).await?;
-            if event.event.as_deref() == Some("notification") {
-                let id = event.id.context("notification without id")?;
-                return Ok((id, serde_json::from_str(&event.data)?));
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsvp_reaches_attendee_mail_and_organizer_stream() -> Result<()> {
     on_each_backend(rsvp_reaches_subscribers).await
@@ -213,7 +121,7 @@ async fn rsvp_reaches_subscribers(backend: Backend) -> Result<()> {
     );
 
     // the organizer watches their live stream
-    let mut stream = SseReader::open(&api, Some(&org.access), "", None).await?;
+    let mut stream = SseStream::resume(&api, Some(&org.access), "", None).await?;
 
     let event_id = create_event(&api, &org, "Rust meetup", 50).await?;
     let (alice, alice_tokens) = api.new_user("Alice Attendee").await?;
@@ -322,7 +230,7 @@ async fn rsvp_reaches_subscribers(backend: Backend) -> Result<()> {
     ensure!(status == StatusCode::CREATED, "ticket: {status} {ticket}");
     let ticket = ticket["ticket"].as_str().context("ticket")?;
     let mut resumed =
-        SseReader::open(&api, None, &format!("?ticket={ticket}"), Some(&first_id)).await?;
+        SseStream::resume(&api, None, &format!("?ticket={ticket}"), Some(&first_id)).await?;
     let (missed_id, missed) = resumed.next_notification(MAIL_WAIT).await?;
     ensure!(
         missed_id != first_id,
@@ -334,7 +242,7 @@ async fn rsvp_reaches_subscribers(backend: Backend) -> Result<()> {
         "missed notification: {missed}"
     );
     ensure!(
-        SseReader::open(&api, None, &format!("?ticket={ticket}"), None)
+        SseStream::resume(&api, None, &format!("?ticket={ticket}"), None)
             .await
             .is_err(),
         "a ticket opens one stream only"
