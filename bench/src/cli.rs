@@ -178,7 +178,9 @@ impl Settings {
             ladder: if quick {
                 vec![20.0, 50.0]
             } else {
-                vec![50.0, 100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0]
+                vec![
+                    50.0, 100.0, 250.0, 375.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0,
+                ]
             },
             ladder_step: Duration::from_secs(pick(5, 2)),
             drain: Duration::from_secs(pick(30, 20)),

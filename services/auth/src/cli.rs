@@ -23,7 +23,7 @@ pub async fn promote(database_url: &str, email: &str) -> Result<(), PromoteError
     let updated =
         sqlx::query("UPDATE users SET role = 'admin', version = version + 1 WHERE email = $1")
             .bind(&email)
-            .execute(&db.pool)
+            .execute(db.writer())
             .await?
             .rows_affected();
     db.pool.close().await;

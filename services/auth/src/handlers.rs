@@ -400,7 +400,7 @@ pub async fn login(state: &AuthState, request: RpcRequest<LoginRequest>) -> Repl
     s.throttle.succeeded(&keys).await.map_err(internal)?;
     let refresh = new_token();
     let now = jiff::Timestamp::now();
-    insert_refresh(&s.db.pool, state, user_id, Uuid::now_v7(), &refresh, now).await?;
+    insert_refresh(s.db.writer(), state, user_id, Uuid::now_v7(), &refresh, now).await?;
     tracing::info!(%user_id, "user logged in");
     Ok((200, token_response(state, user_id, role, refresh, now)?))
 }
@@ -492,7 +492,7 @@ pub async fn logout(state: &AuthState, request: RpcRequest<LogoutRequest>) -> Re
         sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
             .bind(to_micros(jiff::Timestamp::now()))
             .bind(hash_token(presented))
-            .execute(&state.inner.db.pool)
+            .execute(state.inner.db.writer())
             .await
             .map_err(internal)?;
     }

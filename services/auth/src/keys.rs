@@ -207,7 +207,7 @@ async fn insert_if_no_active(db: &Database, key: &NewKey) -> Result<(), KeyError
     .bind(&key.private_der)
     .bind(&key.public)
     .bind(to_micros(jiff::Timestamp::now()))
-    .execute(&db.pool)
+    .execute(db.writer())
     .await?
     .rows_affected();
     if inserted == 1 {

@@ -315,7 +315,7 @@ impl LoginThrottle {
         Ok(
             sqlx::query("DELETE FROM login_throttle WHERE updated_at < $1 AND locked_until < $1")
                 .bind(cutoff)
-                .execute(&self.db.pool)
+                .execute(self.db.writer())
                 .await?
                 .rows_affected(),
         )

@@ -7,12 +7,12 @@
 //!    republish of the same event under another `Nats-Msg-Id`).
 //! 2. Read models are updated, guarded by aggregate versions, so applying an event twice,
 //!    or after a newer one, changes nothing.
-//! 3. Each mail: skipped when the recipient turned its kind off; skipped when
-//!    `sent_mails` already holds its Message-ID; else its lease is taken
-//!    (`mail_claims`: one replica sends a given mail at a time, so a redelivery to
-//!    another replica while the first is still at the SMTP server waits and finds it
-//!    sent), then rendered, handed to the SMTP server, and recorded right after the
-//!    server's 250. A crash between that 250 and the record is the one window in which
+//! 3. Each mail: skipped when the recipient turned its kind off; else its lease is
+//!    taken unless `sent_mails` already holds its Message-ID (one statement,
+//!    `store::claim_mail`; `mail_claims`: one replica sends a given mail at a time, so
+//!    a redelivery to another replica while the first is still at the SMTP server
+//!    waits and finds it sent), then rendered, handed to the SMTP server, and recorded
+//!    (the lease given back in the same round trip) right after the server's 250. A crash between that 250 and the record is the one window in which
 //!    a mail can go out twice (the crashed holder's lease runs out, and the next
 //!    delivery sends again); it is a single INSERT wide, and the duplicate carries the
 //!    same Message-ID.
@@ -53,7 +53,7 @@ use uuid::Uuid;
 use crate::compose::{self, CalendarPart, ComposeError, Kind, Outgoing};
 use crate::ics::{self, Invitation, Method, PartStat, Party};
 use crate::incoming::Incoming;
-use crate::store::{self, AttendeeRow, Cancellation, StoreError, StoredEvent, UserRow};
+use crate::store::{self, AttendeeRow, Cancellation, Claim, StoreError, StoredEvent, UserRow};
 use crate::templates::{Bodies, TemplateError, Templates};
 use crate::transport::{Mailer, SendError};
 
@@ -282,7 +282,7 @@ impl Processor {
             tracing::debug!(message_id = %source, occurred_at = %meta.occurred_at, "too old to mail; read models only");
             report.too_old = true;
         }
-        ledger::mark_processed(&self.db.pool, consumer, &source)
+        ledger::mark_processed(self.db.writer(), consumer, &source)
             .await
             .map_err(HandlerError::transient)?;
         tracing::debug!(
@@ -310,7 +310,7 @@ impl Processor {
         let version = meta.aggregate_version;
         let applied = match incoming {
             Incoming::UserRegistered(e) => {
-                let mut conn = self.db.pool.acquire().await?;
+                let mut conn = self.db.writer().acquire().await?;
                 store::upsert_user(
                     &mut conn,
                     &UserRow {
@@ -325,14 +325,14 @@ impl Processor {
                 Applied::Nothing
             }
             Incoming::PreferencesChanged(e) => {
-                let mut conn = self.db.pool.acquire().await?;
+                let mut conn = self.db.writer().acquire().await?;
                 store::upsert_preferences(&mut conn, e.user_id, &e.preferences.email, version)
                     .await?;
                 Applied::Nothing
             }
             Incoming::PasswordResetRequested(_) => Applied::Nothing,
             Incoming::EventCreated(e) => {
-                let mut conn = self.db.pool.acquire().await?;
+                let mut conn = self.db.writer().acquire().await?;
                 store::upsert_event(&mut conn, &e.event, version).await?;
                 Applied::Nothing
             }
@@ -553,39 +553,42 @@ impl Processor {
         }
         let recipient = self.recipient(&job.to).await?;
         let message_id = compose::message_id(source, &recipient.email, job.kind);
-        if store::is_sent(&self.db, &message_id).await? {
-            return Ok(Outcome::AlreadySent);
-        }
         // One sender at a time: a redelivery to another replica while this mail is at
-        // the SMTP server waits for the lease instead of sending it again.
+        // the SMTP server waits for the lease instead of sending it again. The lease is
+        // only taken while the mail is unsent, which also covers a lease taken over
+        // from a crashed holder that did send.
         let (now, until) = self.lease_window();
-        if !store::claim_mail(&self.db, &message_id, &self.holder, now, until).await? {
+        let claim = match store::claim_mail(&self.db, &message_id, &self.holder, now, until).await?
+        {
             // Wait for the holder (the consumer loop keeps this delivery alive) rather
             // than fail it: the mail is then sent, or the lease ran out and is ours.
-            self.await_lease(&message_id).await?;
-        }
-        // The lease may have been taken over from a crashed holder that did send.
-        if store::is_sent(&self.db, &message_id).await? {
-            store::release_mail(&self.db, &message_id, &self.holder).await?;
+            Claim::Held => self.await_lease(&message_id).await?,
+            claim => claim,
+        };
+        if claim == Claim::Sent {
             return Ok(Outcome::AlreadySent);
         }
         let sent = self.send_leased(job, &recipient, source, &message_id).await;
-        if let Err(e) = store::release_mail(&self.db, &message_id, &self.holder).await {
+        if sent.is_err()
+            && let Err(e) = store::release_mail(&self.db, &message_id, &self.holder).await
+        {
             // It runs out on its own.
             tracing::debug!(error = %e, "cannot release a mail lease");
         }
         sent
     }
 
-    /// Waits until this process holds the mail's lease: the other holder finishes (and
-    /// gives it back) or its lease runs out. Gives up after twice the lease.
-    async fn await_lease(&self, message_id: &str) -> Result<(), MailError> {
+    /// Waits until this process holds the mail's lease (the other holder finishes and
+    /// gives it back, or its lease runs out) or the mail is recorded sent. Gives up
+    /// after twice the lease.
+    async fn await_lease(&self, message_id: &str) -> Result<Claim, MailError> {
         let started = std::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let (now, until) = self.lease_window();
-            if store::claim_mail(&self.db, message_id, &self.holder, now, until).await? {
-                return Ok(());
+            match store::claim_mail(&self.db, message_id, &self.holder, now, until).await? {
+                Claim::Held => {}
+                settled => return Ok(settled),
             }
             if started.elapsed() > self.settings.send_lease * 2 {
                 return Err(MailError::BeingSent(message_id.to_owned()));
@@ -643,7 +646,16 @@ impl Processor {
     ) -> Result<(), StoreError> {
         let mut attempt = 0u64;
         loop {
-            match store::record_sent(&self.db, message_id, source, recipient, kind.as_str()).await {
+            match store::record_sent(
+                &self.db,
+                message_id,
+                source,
+                recipient,
+                kind.as_str(),
+                &self.holder,
+            )
+            .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt >= 3 => return Err(e),
                 Err(e) => {

@@ -8,7 +8,7 @@
 
 use contracts::api::ChannelPreferences;
 use contracts::events::{EventSnapshot, EventStatus, RsvpCounts, RsvpStatus};
-use runtime::db::{Database, from_micros, to_micros};
+use runtime::db::{Backend, Database, from_micros, to_micros};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -358,17 +358,36 @@ pub async fn is_sent(db: &Database, message_id_header: &str) -> Result<bool, Sto
     Ok(found.is_some())
 }
 
+/// What taking a mail's lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is the caller's, and the mail was not recorded sent.
+    Taken,
+    /// The mail is recorded sent: nothing to do (no lease was kept).
+    Sent,
+    /// Another holder's lease is still running.
+    Held,
+}
+
 /// Takes the lease on sending `message_id_header` for `holder` until `expires_at`
-/// (µs), unless another holder's lease is still running; true when `holder` has it.
+/// (µs), unless the mail is recorded sent or another holder's lease is still running.
+///
+/// One statement in the common case: the lease is taken only while `sent_mails` lacks
+/// the mail. On SQLite that statement runs under the one write lock, after every
+/// committed record; on PostgreSQL its check reads the snapshot the statement started
+/// with, so a record committed while it waited on the lease's row is not seen, and a
+/// second read (a new snapshot) confirms the mail is still unsent.
 pub async fn claim_mail(
     db: &Database,
     message_id_header: &str,
     holder: &str,
     now: i64,
     expires_at: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Claim, StoreError> {
     let taken = sqlx::query(
-        "INSERT INTO mail_claims (message_id_header, holder, expires_at) VALUES ($1, $2, $3) \
+        "INSERT INTO mail_claims (message_id_header, holder, expires_at) \
+         SELECT $1, $2, $3 WHERE NOT EXISTS \
+         (SELECT 1 FROM sent_mails WHERE message_id_header = $1) \
          ON CONFLICT (message_id_header) DO UPDATE SET holder = excluded.holder, \
          expires_at = excluded.expires_at \
          WHERE mail_claims.holder = excluded.holder OR mail_claims.expires_at < $4",
@@ -378,11 +397,22 @@ pub async fn claim_mail(
     .bind(expires_at)
     .bind(now)
     .execute(db.writer())
-    .await?;
-    Ok(taken.rows_affected() == 1)
+    .await?
+    .rows_affected()
+        == 1;
+    if taken && db.backend == Backend::Sqlite {
+        return Ok(Claim::Taken);
+    }
+    if !is_sent(db, message_id_header).await? {
+        return Ok(if taken { Claim::Taken } else { Claim::Held });
+    }
+    if taken {
+        release_mail(db, message_id_header, holder).await?;
+    }
+    Ok(Claim::Sent)
 }
 
-/// Gives the lease back (after the mail is recorded sent, or when sending failed).
+/// Gives the lease back (when sending failed; [`record_sent`] gives it back itself).
 pub async fn release_mail(
     db: &Database,
     message_id_header: &str,
@@ -396,25 +426,34 @@ pub async fn release_mail(
     Ok(())
 }
 
-/// Records an accepted mail; a second record of the same id is ignored.
+/// Records an accepted mail and gives `holder`'s lease on it back, in one round trip
+/// (two statements in one call on SQLite, a data-modifying `WITH` on PostgreSQL); a
+/// second record of the same id is ignored.
 pub async fn record_sent(
     db: &Database,
     message_id_header: &str,
     source_message_id: &str,
     recipient: &str,
     kind: &str,
+    holder: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO sent_mails (message_id_header, source_message_id, recipient, kind, sent_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id_header) DO NOTHING",
-    )
-    .bind(message_id_header)
-    .bind(source_message_id)
-    .bind(recipient)
-    .bind(kind)
-    .bind(to_micros(jiff::Timestamp::now()))
-    .execute(db.writer())
-    .await?;
+    const INSERT: &str = "INSERT INTO sent_mails \
+         (message_id_header, source_message_id, recipient, kind, sent_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id_header) DO NOTHING";
+    const RELEASE: &str = "DELETE FROM mail_claims WHERE message_id_header = $1 AND holder = $6";
+    let sql = match db.backend {
+        Backend::Sqlite => format!("{INSERT}; {RELEASE}"),
+        Backend::Postgres => format!("WITH released AS ({RELEASE}) {INSERT}"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(message_id_header)
+        .bind(source_message_id)
+        .bind(recipient)
+        .bind(kind)
+        .bind(to_micros(jiff::Timestamp::now()))
+        .bind(holder)
+        .execute(db.writer())
+        .await?;
     Ok(())
 }
 

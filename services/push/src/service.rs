@@ -57,7 +57,7 @@ impl Notifications {
 
     /// Marks one of the user's notifications read; repeating it changes nothing.
     pub async fn mark_read(&self, user: Uuid, id: Uuid) -> Result<Notification> {
-        let mut conn = self.db.pool.acquire().await?;
+        let mut conn = self.db.writer().acquire().await?;
         let now = runtime::db::from_micros(runtime::db::to_micros(Timestamp::now()));
         let row = store::mark_read(&mut conn, user, id, now)
             .await?

@@ -605,32 +605,69 @@ async fn replicas_share_the_durables(backend: Backend) -> Result<()> {
 
 /// The lease that keeps two replicas from sending one mail at once: held by one holder
 /// until it runs out or is given back; the holder may renew it; a crashed holder's
-/// lease is taken over once it has run out.
+/// lease is taken over once it has run out; recording the mail sent gives the lease
+/// back, and a sent mail's lease is not taken again by anyone.
 async fn one_replica_at_a_time_holds_a_mail(backend: Backend) -> Result<()> {
+    use email::store::{Claim, claim_mail, record_sent, release_mail};
     let env = TestEnv::start(backend).await?;
     let db = env.database()?;
     let id = "lease-test@mesh";
     let (now, later) = (1_000_000, 2_000_000);
-    assert!(email::store::claim_mail(db, id, "a", now, later).await?);
-    assert!(
-        !email::store::claim_mail(db, id, "b", now + 1, later + 1).await?,
+    assert_eq!(claim_mail(db, id, "a", now, later).await?, Claim::Taken);
+    assert_eq!(
+        claim_mail(db, id, "b", now + 1, later + 1).await?,
+        Claim::Held,
         "b waits while a's lease runs"
     );
-    assert!(
-        email::store::claim_mail(db, id, "a", now + 2, later + 2).await?,
+    assert_eq!(
+        claim_mail(db, id, "a", now + 2, later + 2).await?,
+        Claim::Taken,
         "a renews its own lease"
     );
-    email::store::release_mail(db, id, "b").await?;
-    assert!(
-        !email::store::claim_mail(db, id, "b", now + 3, later + 3).await?,
+    release_mail(db, id, "b").await?;
+    assert_eq!(
+        claim_mail(db, id, "b", now + 3, later + 3).await?,
+        Claim::Held,
         "only the holder gives a lease back"
     );
-    assert!(
-        email::store::claim_mail(db, id, "b", later + 3, later + 1_000).await?,
+    assert_eq!(
+        claim_mail(db, id, "b", later + 3, later + 1_000).await?,
+        Claim::Taken,
         "a run-out lease is taken over"
     );
-    email::store::release_mail(db, id, "b").await?;
-    assert!(email::store::claim_mail(db, id, "c", later + 4, later + 5).await?);
+    release_mail(db, id, "b").await?;
+    assert_eq!(
+        claim_mail(db, id, "c", later + 4, later + 5).await?,
+        Claim::Taken
+    );
+
+    record_sent(
+        db,
+        id,
+        "source-1",
+        "c@example.com",
+        "rsvp_confirmation",
+        "c",
+    )
+    .await?;
+    let leases: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM mail_claims WHERE message_id_header = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(leases, 0, "recording the mail sent gave the lease back");
+    assert_eq!(
+        claim_mail(db, id, "d", later + 6, later + 7).await?,
+        Claim::Sent,
+        "a sent mail is not leased again"
+    );
+    assert_eq!(
+        claim_mail(db, id, "c", later + 8, later + 9).await?,
+        Claim::Sent,
+        "not even by its last holder"
+    );
+    let sent = email::store::sent_mails(db).await?;
+    assert_eq!(sent.len(), 1, "the record went in once: {sent:?}");
     Ok(())
 }
 
