@@ -74,6 +74,7 @@ pub use reqwest::header::HeaderMap;
 pub use reqwest::{Method, StatusCode};
 pub mod ics;
 pub mod otlp;
+pub mod plans;
 pub mod prom;
 pub mod smtp;
 pub mod sse;

@@ -1,0 +1,214 @@
+//! Query plans of the statements a service really runs: a service's tests drive its hot
+//! paths with [`StatementLog`] installed, then [`unindexed`] asks SQLite for the plan of
+//! every distinct statement seen (`EXPLAIN QUERY PLAN`) and returns those that read a
+//! whole table or sort their rows in a temporary b-tree.
+//!
+//! The statements come from sqlx's own log (`sqlx::query` events at DEBUG carry the SQL
+//! text), so a query added later is checked without anyone listing it. Parameters stay
+//! unbound (NULL): SQLite plans from the SQL text and the indexes, not from values.
+//! PostgreSQL is left out: version 15 cannot plan a statement with unbound parameters
+//! (`EXPLAIN (GENERIC_PLAN)` came in 16), and with NULLs it plans a constant-false
+//! filter instead.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use sqlx::Row;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+
+/// The SQL texts sqlx ran in this process since [`StatementLog::install`].
+#[derive(Clone, Default)]
+pub struct StatementLog {
+    seen: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl StatementLog {
+    /// Installs the log as this test binary's global subscriber: keep the test that
+    /// uses it in a binary of its own. Fails when a subscriber is already installed.
+    pub fn install() -> Result<Self> {
+        let log = StatementLog::default();
+        let subscriber = tracing_subscriber::registry().with(log.clone());
+        tracing::subscriber::set_global_default(subscriber)
+            .context("a global tracing subscriber is already installed")?;
+        Ok(log)
+    }
+
+    /// Forgets what was seen so far (e.g. the migrations at start-up).
+    pub fn clear(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The distinct statements seen, whitespace collapsed.
+    pub fn statements(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: LayerContext<'_, S>) {
+        if event.metadata().target() != "sqlx::query" {
+            return;
+        }
+        let mut fields = QueryFields::default();
+        event.record(&mut fields);
+        // A short statement is its own summary and comes without `db.statement`.
+        let sql = if fields.statement.trim().is_empty() {
+            fields.summary
+        } else {
+            fields.statement
+        };
+        let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !sql.is_empty() {
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(sql);
+        }
+    }
+}
+
+#[derive(Default)]
+struct QueryFields {
+    summary: String,
+    statement: String,
+}
+
+impl Visit for QueryFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "summary" => self.summary = value.to_owned(),
+            "db.statement" => self.statement = value.to_owned(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "summary" => self.summary = format!("{value:?}").trim_matches('"').to_owned(),
+            "db.statement" => {
+                self.statement = format!("{value:?}")
+                    .trim_matches('"')
+                    .replace("\\n", "\n")
+                    .replace("\\\"", "\"")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One statement whose plan reads a whole table or sorts in a temporary b-tree.
+#[derive(Debug, Clone)]
+pub struct Unindexed {
+    pub sql: String,
+    /// The plan's steps, as SQLite words them.
+    pub plan: Vec<String>,
+}
+
+impl std::fmt::Display for Unindexed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n    {}", self.sql, self.plan.join("\n    "))
+    }
+}
+
+/// The statements among `statements` that SQLite would run with a full table scan or
+/// a temporary sort. Only data statements are planned (SELECT, INSERT, UPDATE, DELETE,
+/// WITH); `PRAGMA`, `BEGIN` and the like are skipped, as are reads of the tables in
+/// `small_tables` (e.g. a singleton row of settings).
+pub async fn unindexed(
+    pool: &sqlx::AnyPool,
+    statements: &[String],
+    small_tables: &[&str],
+) -> Result<Vec<Unindexed>> {
+    let mut found = Vec::new();
+    for sql in statements {
+        let verb = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if !matches!(
+            verb.as_str(),
+            "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH"
+        ) {
+            continue;
+        }
+        let plan = plan_of(pool, sql).await?;
+        if plan.iter().any(|step| is_unindexed(step, small_tables)) {
+            found.push(Unindexed {
+                sql: sql.clone(),
+                plan,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// `EXPLAIN QUERY PLAN` of one statement (several `;`-separated ones are planned one
+/// by one), one line per step.
+pub async fn plan_of(pool: &sqlx::AnyPool, sql: &str) -> Result<Vec<String>> {
+    let mut plan = Vec::new();
+    for one in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let explain = format!("EXPLAIN QUERY PLAN {one}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .fetch_all(pool)
+            .await
+            .with_context(|| format!("planning {one}"))?;
+        for row in rows {
+            plan.push(row.try_get::<String, _>("detail")?);
+        }
+    }
+    Ok(plan)
+}
+
+/// A step that reads every row of a table (`SCAN t`, without an index) or sorts in a
+/// temporary b-tree. `SCAN t USING INDEX …` walks an index in order (a partial index,
+/// or a LIMIT that stops early) and is accepted.
+fn is_unindexed(step: &str, small_tables: &[&str]) -> bool {
+    if step.contains("USE TEMP B-TREE") {
+        return true;
+    }
+    let Some(rest) = step.strip_prefix("SCAN ") else {
+        return false;
+    };
+    // `SCAN CONSTANT ROW` and `SCAN 7-ROW VALUES CLAUSE` read the statement's own values.
+    if rest.starts_with("CONSTANT ROW")
+        || rest.ends_with("VALUES CLAUSE")
+        || rest.contains(" USING ")
+    {
+        return false;
+    }
+    let table = rest.split_whitespace().next().unwrap_or("");
+    !small_tables.contains(&table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unindexed;
+
+    #[test]
+    fn plan_steps_are_sorted_into_indexed_and_not() {
+        assert!(is_unindexed("SCAN events", &[]));
+        assert!(is_unindexed("SCAN e", &[]));
+        assert!(is_unindexed("USE TEMP B-TREE FOR ORDER BY", &[]));
+        assert!(!is_unindexed("SCAN settings", &["settings"]));
+        assert!(!is_unindexed("SCAN e USING INDEX events_starts_at", &[]));
+        assert!(!is_unindexed(
+            "SCAN outbox USING COVERING INDEX outbox_unpublished",
+            &[]
+        ));
+        assert!(!is_unindexed(
+            "SEARCH r USING PRIMARY KEY (event_id=? AND user_id=?)",
+            &[]
+        ));
+        assert!(!is_unindexed("SCAN CONSTANT ROW", &[]));
+        assert!(!is_unindexed("SCAN 63-ROW VALUES CLAUSE", &[]));
+        assert!(!is_unindexed("CORRELATED SCALAR SUBQUERY 1", &[]));
+    }
+}
