@@ -4,6 +4,9 @@
 //! the types `Any` carries on both (TEXT, BIGINT, DOUBLE PRECISION, BYTEA): ids are
 //! UUID strings, instants are BIGINT microseconds since the epoch, booleans BIGINT 0/1.
 //! Each service has one migrations folder per backend, since DDL differs slightly.
+//!
+//! The bundled SQLite is built with `SQLITE_ENABLE_QPSG` (`.cargo/config.toml`): see
+//! [`sqlite_has_qpsg`] for why, and a start-up warning says so when it is missing.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -111,6 +114,7 @@ impl Database {
                     .await
                     .map_err(DbError::Connect)?;
                 migrations.sqlite.run(&writer).await?;
+                warn_without_qpsg(&writer).await;
                 if url.contains(":memory:") {
                     // Every connection to :memory: is a database of its own.
                     (writer.clone(), writer)
@@ -279,6 +283,27 @@ async fn restart_log(writer: &AnyPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Whether the linked SQLite was built with `SQLITE_ENABLE_QPSG` (the repository's
+/// `.cargo/config.toml` asks for it). Without it, SQLite 3.51 treats the value bound to
+/// `LIMIT $n` as one the query plan depends on, so binding it expires the prepared
+/// statement and every paged query is parsed and planned again on every run (in a
+/// profile of cold list reads, re-preparing was a sixth of the calendar's CPU).
+pub async fn sqlite_has_qpsg(pool: &AnyPool) -> Result<bool, sqlx::Error> {
+    let used: i64 = sqlx::query_scalar("SELECT sqlite_compileoption_used('ENABLE_QPSG')")
+        .fetch_one(pool)
+        .await?;
+    Ok(used == 1)
+}
+
+async fn warn_without_qpsg(pool: &AnyPool) {
+    if let Ok(false) = sqlite_has_qpsg(pool).await {
+        tracing::warn!(
+            "SQLite was built without SQLITE_ENABLE_QPSG: paged queries are prepared again on \
+             every run; build with the repository's .cargo/config.toml"
+        );
+    }
+}
+
 /// What a pool of one SQLite file is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -418,6 +443,30 @@ mod tests {
 
     static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
 
+    fn no_migrations() -> Migrations {
+        Migrations {
+            sqlite: &NO_MIGRATIONS,
+            postgres: &NO_MIGRATIONS,
+        }
+    }
+
+    /// The build links a SQLite with the query planner stability guarantee, so a bound
+    /// `LIMIT` does not make SQLite prepare the statement again on every run.
+    #[tokio::test]
+    async fn the_linked_sqlite_keeps_prepared_plans() {
+        let timeouts = DbTimeouts {
+            acquire: Duration::from_secs(5),
+            statement: Duration::from_secs(5),
+        };
+        let db = Database::connect_with("sqlite::memory:", &no_migrations(), timeouts)
+            .await
+            .unwrap();
+        assert!(
+            sqlite_has_qpsg(&db.pool).await.unwrap(),
+            "SQLite was built without SQLITE_ENABLE_QPSG (see .cargo/config.toml)"
+        );
+    }
+
     /// Under sustained writes with readers always busy, a passive checkpoint alone never
     /// lets the log start over; the restart from the writer keeps the `-wal` file near
     /// its limit instead of growing with everything ever written.
@@ -426,13 +475,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wal.db");
         let url = format!("sqlite://{}", file.display());
-        let migrations = Migrations {
-            sqlite: &NO_MIGRATIONS,
-            postgres: &NO_MIGRATIONS,
-        };
         let db = Database::connect_with(
             &url,
-            &migrations,
+            &no_migrations(),
             DbTimeouts {
                 acquire: Duration::from_secs(30),
                 statement: Duration::from_secs(30),
