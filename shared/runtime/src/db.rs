@@ -458,7 +458,9 @@ mod tests {
             acquire: Duration::from_secs(5),
             statement: Duration::from_secs(5),
         };
-        let db = Database::connect_with("sqlite::memory:", &no_migrations(), timeouts)
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("qpsg.db").display());
+        let db = Database::connect_with(&url, &no_migrations(), timeouts)
             .await
             .unwrap();
         assert!(
