@@ -4,7 +4,8 @@
 //! whole table or sort their rows in a temporary b-tree.
 //!
 //! The statements come from sqlx's own log (`sqlx::query` events at DEBUG carry the SQL
-//! text), so a query added later is checked without anyone listing it. Parameters stay
+//! text; `runtime::telemetry::queries` times the same events), so a query added later
+//! is checked without anyone listing it. Parameters stay
 //! unbound (NULL): SQLite plans from the SQL text and the indexes, not from values.
 //! PostgreSQL is left out: version 15 cannot plan a statement with unbound parameters
 //! (`EXPLAIN (GENERIC_PLAN)` came in 16), and with NULLs it plans a constant-false
@@ -53,7 +54,7 @@ impl StatementLog {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementLog {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: LayerContext<'_, S>) {
-        if event.metadata().target() != "sqlx::query" {
+        if event.metadata().target() != runtime::telemetry::queries::SQLX_QUERY {
             return;
         }
         let mut fields = QueryFields::default();

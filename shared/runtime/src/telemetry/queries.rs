@@ -18,7 +18,7 @@ use tracing_subscriber::registry::LookupSpan;
 use super::names;
 
 /// The target of sqlx's statement events.
-const SQLX_QUERY: &str = "sqlx::query";
+pub const SQLX_QUERY: &str = "sqlx::query";
 
 /// Name of the span the relay opens around one round (see [`crate::outbox`]).
 pub const RELAY_SPAN: &str = "outbox.relay";
