@@ -1,7 +1,8 @@
 //! Query plans of the statements a service really runs: a service's tests drive its hot
 //! paths with [`StatementLog`] installed, then [`unindexed`] asks SQLite for the plan of
 //! every distinct statement seen (`EXPLAIN QUERY PLAN`) and returns those that read a
-//! whole table or sort their rows in a temporary b-tree.
+//! whole table or sort their rows in a temporary b-tree; [`require_indexed`] is the
+//! whole check a test makes.
 //!
 //! The statements come from sqlx's own log (`sqlx::query` events at DEBUG carry the SQL
 //! text; `runtime::telemetry::queries` times the same events), so a query added later
@@ -14,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use sqlx::Row;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
@@ -118,15 +119,44 @@ impl std::fmt::Display for Unindexed {
     }
 }
 
+/// Checks what `log` caught: a statement containing each of `must_log` was run (so the
+/// test really drove those paths), and no statement reads a whole table or sorts in a
+/// temporary b-tree, except those `accepted` (whose reason the caller states).
+pub async fn require_indexed(
+    pool: &sqlx::AnyPool,
+    log: &StatementLog,
+    must_log: &[&str],
+    accepted: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let statements = log.statements();
+    for expected in must_log {
+        ensure!(
+            statements.iter().any(|s| s.contains(expected)),
+            "no statement with {expected:?} was logged; the log caught: {statements:#?}"
+        );
+    }
+    let bad: Vec<Unindexed> = unindexed(pool, &statements)
+        .await?
+        .into_iter()
+        .filter(|u| !accepted(&u.sql))
+        .collect();
+    ensure!(
+        bad.is_empty(),
+        "{} of {} statements read a whole table or sort in a temporary b-tree:\n{}",
+        bad.len(),
+        statements.len(),
+        bad.iter()
+            .map(|u| u.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
 /// The statements among `statements` that SQLite would run with a full table scan or
 /// a temporary sort. Only data statements are planned (SELECT, INSERT, UPDATE, DELETE,
-/// WITH); `PRAGMA`, `BEGIN` and the like are skipped, as are reads of the tables in
-/// `small_tables` (e.g. a singleton row of settings).
-pub async fn unindexed(
-    pool: &sqlx::AnyPool,
-    statements: &[String],
-    small_tables: &[&str],
-) -> Result<Vec<Unindexed>> {
+/// WITH); `PRAGMA`, `BEGIN` and the like are skipped.
+pub async fn unindexed(pool: &sqlx::AnyPool, statements: &[String]) -> Result<Vec<Unindexed>> {
     let mut found = Vec::new();
     for sql in statements {
         let verb = sql
@@ -141,7 +171,7 @@ pub async fn unindexed(
             continue;
         }
         let plan = plan_of(pool, sql).await?;
-        if plan.iter().any(|step| is_unindexed(step, small_tables)) {
+        if plan.iter().any(|step| is_unindexed(step)) {
             found.push(Unindexed {
                 sql: sql.clone(),
                 plan,
@@ -171,7 +201,7 @@ pub async fn plan_of(pool: &sqlx::AnyPool, sql: &str) -> Result<Vec<String>> {
 /// A step that reads every row of a table (`SCAN t`, without an index) or sorts in a
 /// temporary b-tree. `SCAN t USING INDEX …` walks an index in order (a partial index,
 /// or a LIMIT that stops early) and is accepted.
-fn is_unindexed(step: &str, small_tables: &[&str]) -> bool {
+fn is_unindexed(step: &str) -> bool {
     if step.contains("USE TEMP B-TREE") {
         return true;
     }
@@ -179,14 +209,9 @@ fn is_unindexed(step: &str, small_tables: &[&str]) -> bool {
         return false;
     };
     // `SCAN CONSTANT ROW` and `SCAN 7-ROW VALUES CLAUSE` read the statement's own values.
-    if rest.starts_with("CONSTANT ROW")
+    !(rest.starts_with("CONSTANT ROW")
         || rest.ends_with("VALUES CLAUSE")
-        || rest.contains(" USING ")
-    {
-        return false;
-    }
-    let table = rest.split_whitespace().next().unwrap_or("");
-    !small_tables.contains(&table)
+        || rest.contains(" USING "))
 }
 
 #[cfg(test)]
@@ -195,21 +220,18 @@ mod tests {
 
     #[test]
     fn plan_steps_are_sorted_into_indexed_and_not() {
-        assert!(is_unindexed("SCAN events", &[]));
-        assert!(is_unindexed("SCAN e", &[]));
-        assert!(is_unindexed("USE TEMP B-TREE FOR ORDER BY", &[]));
-        assert!(!is_unindexed("SCAN settings", &["settings"]));
-        assert!(!is_unindexed("SCAN e USING INDEX events_starts_at", &[]));
+        assert!(is_unindexed("SCAN events"));
+        assert!(is_unindexed("SCAN e"));
+        assert!(is_unindexed("USE TEMP B-TREE FOR ORDER BY"));
+        assert!(!is_unindexed("SCAN e USING INDEX events_starts_at"));
         assert!(!is_unindexed(
-            "SCAN outbox USING COVERING INDEX outbox_unpublished",
-            &[]
+            "SCAN outbox USING COVERING INDEX outbox_unpublished"
         ));
         assert!(!is_unindexed(
-            "SEARCH r USING PRIMARY KEY (event_id=? AND user_id=?)",
-            &[]
+            "SEARCH r USING PRIMARY KEY (event_id=? AND user_id=?)"
         ));
-        assert!(!is_unindexed("SCAN CONSTANT ROW", &[]));
-        assert!(!is_unindexed("SCAN 63-ROW VALUES CLAUSE", &[]));
-        assert!(!is_unindexed("CORRELATED SCALAR SUBQUERY 1", &[]));
+        assert!(!is_unindexed("SCAN CONSTANT ROW"));
+        assert!(!is_unindexed("SCAN 63-ROW VALUES CLAUSE"));
+        assert!(!is_unindexed("CORRELATED SCALAR SUBQUERY 1"));
     }
 }
