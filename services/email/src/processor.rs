@@ -12,10 +12,11 @@
 //!    `store::claim_mail`; `mail_claims`: one replica sends a given mail at a time, so
 //!    a redelivery to another replica while the first is still at the SMTP server
 //!    waits and finds it sent), then rendered, handed to the SMTP server, and recorded
-//!    (the lease given back in the same round trip) right after the server's 250. A crash between that 250 and the record is the one window in which
-//!    a mail can go out twice (the crashed holder's lease runs out, and the next
-//!    delivery sends again); it is a single INSERT wide, and the duplicate carries the
-//!    same Message-ID.
+//!    (the lease given back in the same round trip) right after the server's 250. A
+//!    crash between that 250 and the record is the one window in which a mail can go
+//!    out twice (the crashed holder's lease runs out, and the next delivery sends
+//!    again); it is a single INSERT wide, and the duplicate carries the same
+//!    Message-ID.
 //! 4. The ledger row is written last: a failure anywhere before it means redelivery,
 //!    and step 3 makes the redelivery send only the mails still missing.
 //!

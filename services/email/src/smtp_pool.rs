@@ -212,21 +212,29 @@ mod tests {
         port
     }
 
-    #[tokio::test]
-    async fn one_connection_carries_mail_after_mail() {
-        let (connections, mails) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let port = server(connections.clone(), mails.clone()).await;
-        let pool = SmtpPool::new(
+    /// A pool of plain-SMTP connections to the local `port`.
+    fn plain_pool(port: u16) -> SmtpPool {
+        SmtpPool::new(
             "127.0.0.1".into(),
             port,
             StartTls::Off,
             None,
             ClientId::Domain("test".into()),
             Duration::from_secs(5),
-        );
+        )
+    }
+
+    fn envelope() -> Envelope {
         let from: Address = "a@example.com".parse().expect("address");
         let to: Address = "b@example.com".parse().expect("address");
-        let envelope = Envelope::new(Some(from), vec![to]).expect("envelope");
+        Envelope::new(Some(from), vec![to]).expect("envelope")
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_mail_after_mail() {
+        let (connections, mails) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let pool = plain_pool(server(connections.clone(), mails.clone()).await);
+        let envelope = envelope();
         for _ in 0..3 {
             pool.send(&envelope, b"Subject: hi\r\n\r\nhello\r\n")
                 .await
@@ -246,17 +254,10 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("addr").port()
         };
-        let pool = SmtpPool::new(
-            "127.0.0.1".into(),
-            port,
-            StartTls::Off,
-            None,
-            ClientId::Domain("test".into()),
-            Duration::from_secs(5),
-        );
-        let from: Address = "a@example.com".parse().expect("address");
-        let envelope = Envelope::new(Some(from.clone()), vec![from]).expect("envelope");
-        let err = pool.send(&envelope, b"x").await.expect_err("no server");
+        let err = plain_pool(port)
+            .send(&envelope(), b"x")
+            .await
+            .expect_err("no server");
         assert!(matches!(err, PoolError::Connect(_)), "{err:?}");
     }
 }
